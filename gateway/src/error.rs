@@ -1,0 +1,233 @@
+//! Errors, and their conversion to S3 errors at the edge.
+//!
+//! Every fault says where it comes from: the backing S3 store (upstream), the client, or the
+//! gateway itself, and whether retrying can help. `S3Error`s carry the S3 code and HTTP status;
+//! the request id is added to every error body by the request middleware.
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::RequestId as _;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use http::{HeaderMap, HeaderName, StatusCode};
+use s3s::{S3Error, S3ErrorCode};
+
+/// Faults of the gateway's own machinery (startup, servers).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The embedded backing store could not start.
+    #[error("embedded backing store: {0}")]
+    Embedded(String),
+    /// Local I/O failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Response headers of the backing store that an error response must keep (a 304 or 412 tells
+/// the client which version it is about).
+const KEPT_ERROR_HEADERS: [&str; 3] = ["etag", "last-modified", "x-amz-version-id"];
+
+/// Whether an upstream failure is worth retrying, as the SDK classifies it.
+pub fn is_retryable<E>(e: &SdkError<E, HttpResponse>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(se) => se.raw().status().is_server_error(),
+        _ => false,
+    }
+}
+
+/// Converts a failed backing-store call into the S3 error the client sees.
+///
+/// Service errors keep the backing store's code, message and status (and, for 304 and 412,
+/// the ETag and Last-Modified headers). A backing store that cannot be reached or does not
+/// answer in time is `503 ServiceUnavailable` with a message saying so.
+pub fn upstream_error<E>(e: &SdkError<E, HttpResponse>) -> S3Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match e {
+        SdkError::ServiceError(se) => {
+            let raw = se.raw();
+            let status =
+                StatusCode::from_u16(raw.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            if status.is_success() {
+                // A 2xx the SDK could not parse: not the client's fault, and not a success.
+                return S3Error::with_message(
+                    S3ErrorCode::InternalError,
+                    format!(
+                        "the backing store sent a response the gateway cannot read: {}",
+                        DisplayErrorContext(e)
+                    ),
+                );
+            }
+            let meta = se.err().meta();
+            let code = meta
+                .code()
+                .and_then(|c| S3ErrorCode::from_bytes(c.as_bytes()))
+                .unwrap_or_else(|| code_for_status(status));
+            let mut err = match meta.message() {
+                Some(m) => S3Error::with_message(code, m.to_owned()),
+                None => S3Error::new(code),
+            };
+            err.set_status_code(status);
+            if status == StatusCode::NOT_MODIFIED || status == StatusCode::PRECONDITION_FAILED {
+                let mut headers = HeaderMap::new();
+                for name in KEPT_ERROR_HEADERS {
+                    if let Some(v) = raw.headers().get(name)
+                        && let Ok(v) = http::HeaderValue::from_str(v)
+                    {
+                        headers.insert(HeaderName::from_static(name), v);
+                    }
+                }
+                if !headers.is_empty() {
+                    err.set_headers(headers);
+                }
+            }
+            if let Some(id) = meta.request_id() {
+                tracing::debug!(upstream_request_id = id, %status, "backing store refused the request");
+            }
+            err
+        }
+        SdkError::TimeoutError(_) => unavailable(format!(
+            "the backing store did not answer in time: {}",
+            DisplayErrorContext(e)
+        )),
+        SdkError::DispatchFailure(_) => unavailable(format!(
+            "the backing store is unreachable: {}",
+            DisplayErrorContext(e)
+        )),
+        SdkError::ResponseError(_) => unavailable(format!(
+            "the backing store sent an invalid response: {}",
+            DisplayErrorContext(e)
+        )),
+        _ => S3Error::with_message(
+            S3ErrorCode::InternalError,
+            format!(
+                "cannot build the backing-store request: {}",
+                DisplayErrorContext(e)
+            ),
+        ),
+    }
+}
+
+/// `503 ServiceUnavailable` with a message.
+pub fn unavailable(msg: String) -> S3Error {
+    let mut err = S3Error::with_message(S3ErrorCode::ServiceUnavailable, msg);
+    err.set_status_code(StatusCode::SERVICE_UNAVAILABLE);
+    err
+}
+
+/// A 404 from a HEAD carries no code; as the answer to a request with a body, it is `code`
+/// (NoSuchKey, NoSuchBucket).
+pub fn not_found_as(mut e: S3Error, code: S3ErrorCode, message: &'static str) -> S3Error {
+    if e.status_code() == Some(StatusCode::NOT_FOUND) && matches!(e.code(), S3ErrorCode::Custom(_))
+    {
+        e.set_code(code);
+        e.set_message(message);
+    }
+    e
+}
+
+/// The S3 code for an error response that has no body (HEAD, 304).
+fn code_for_status(status: StatusCode) -> S3ErrorCode {
+    match status {
+        StatusCode::NOT_MODIFIED => S3ErrorCode::NotModified,
+        StatusCode::NOT_FOUND => S3ErrorCode::Custom("NotFound".into()),
+        StatusCode::FORBIDDEN => S3ErrorCode::AccessDenied,
+        StatusCode::PRECONDITION_FAILED => S3ErrorCode::PreconditionFailed,
+        StatusCode::RANGE_NOT_SATISFIABLE => S3ErrorCode::InvalidRange,
+        StatusCode::BAD_REQUEST => S3ErrorCode::InvalidRequest,
+        StatusCode::SERVICE_UNAVAILABLE => S3ErrorCode::ServiceUnavailable,
+        _ => S3ErrorCode::InternalError,
+    }
+}
+
+/// Re-maps an error returned by `s3s_aws::Proxy` for an operation whose SDK error type is `E`:
+/// the proxy's own mapping loses the headers of a 304 and calls an unreachable store an
+/// internal error.
+pub fn refine_proxy_error<E>(err: S3Error) -> S3Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err
+        .source()
+        .and_then(|s| s.downcast_ref::<SdkError<E, HttpResponse>>())
+    {
+        Some(sdk) => upstream_error(sdk),
+        None => err,
+    }
+}
+
+/// The error and its sources, joined by ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let part = inner.to_string();
+        if !s.ends_with(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(Inner);
+    #[derive(Debug)]
+    struct Inner;
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("outer")
+        }
+    }
+    impl std::fmt::Display for Inner {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("inner")
+        }
+    }
+    impl std::error::Error for Inner {}
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn chain_joins_sources() {
+        assert_eq!(error_chain(&Outer(Inner)), "outer: inner");
+    }
+
+    #[test]
+    fn status_codes_without_body() {
+        assert_eq!(
+            code_for_status(StatusCode::NOT_MODIFIED),
+            S3ErrorCode::NotModified
+        );
+        assert_eq!(
+            code_for_status(StatusCode::RANGE_NOT_SATISFIABLE),
+            S3ErrorCode::InvalidRange
+        );
+    }
+}

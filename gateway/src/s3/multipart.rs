@@ -1,0 +1,91 @@
+//! The multipart family: delegated to the backing store.
+
+use aws_sdk_s3::operation::{
+    abort_multipart_upload::AbortMultipartUploadError,
+    complete_multipart_upload::CompleteMultipartUploadError,
+    create_multipart_upload::CreateMultipartUploadError,
+    list_multipart_uploads::ListMultipartUploadsError, list_parts::ListPartsError,
+    upload_part::UploadPartError, upload_part_copy::UploadPartCopyError,
+};
+use s3s::dto::*;
+use s3s::{S3, S3Request, S3Response, S3Result};
+
+use super::list::{ListEncoding, encode_opt};
+use super::put::{body_length, strip_aws_chunked};
+use super::{Gateway, proxied};
+
+pub(super) async fn create_multipart_upload(
+    gw: &Gateway,
+    mut req: S3Request<CreateMultipartUploadInput>,
+) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+    req.input.content_encoding = strip_aws_chunked(req.input.content_encoding.take());
+    proxied!(gw, create_multipart_upload, req, CreateMultipartUploadError)
+}
+
+pub(super) async fn upload_part(
+    gw: &Gateway,
+    mut req: S3Request<UploadPartInput>,
+) -> S3Result<S3Response<UploadPartOutput>> {
+    req.input.content_length = body_length(&req.headers, req.input.content_length);
+    proxied!(gw, upload_part, req, UploadPartError)
+}
+
+pub(super) async fn upload_part_copy(
+    gw: &Gateway,
+    req: S3Request<UploadPartCopyInput>,
+) -> S3Result<S3Response<UploadPartCopyOutput>> {
+    proxied!(gw, upload_part_copy, req, UploadPartCopyError)
+}
+
+pub(super) async fn complete_multipart_upload(
+    gw: &Gateway,
+    req: S3Request<CompleteMultipartUploadInput>,
+) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+    proxied!(
+        gw,
+        complete_multipart_upload,
+        req,
+        CompleteMultipartUploadError
+    )
+}
+
+pub(super) async fn abort_multipart_upload(
+    gw: &Gateway,
+    req: S3Request<AbortMultipartUploadInput>,
+) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+    proxied!(gw, abort_multipart_upload, req, AbortMultipartUploadError)
+}
+
+pub(super) async fn list_parts(
+    gw: &Gateway,
+    req: S3Request<ListPartsInput>,
+) -> S3Result<S3Response<ListPartsOutput>> {
+    proxied!(gw, list_parts, req, ListPartsError)
+}
+
+pub(super) async fn list_multipart_uploads(
+    gw: &Gateway,
+    mut req: S3Request<ListMultipartUploadsInput>,
+) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+    let enc = ListEncoding::take(&mut req.input.encoding_type);
+    let mut resp = proxied!(gw, list_multipart_uploads, req, ListMultipartUploadsError)?;
+    let out = &mut resp.output;
+    if enc.url() {
+        for s in [
+            &mut out.prefix,
+            &mut out.delimiter,
+            &mut out.key_marker,
+            &mut out.next_key_marker,
+        ] {
+            encode_opt(s);
+        }
+        for u in out.uploads.iter_mut().flatten() {
+            encode_opt(&mut u.key);
+        }
+        for p in out.common_prefixes.iter_mut().flatten() {
+            encode_opt(&mut p.prefix);
+        }
+    }
+    out.encoding_type = enc.output();
+    Ok(resp)
+}

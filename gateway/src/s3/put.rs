@@ -1,0 +1,69 @@
+//! PutObject: delegated to the backing store, after undoing what the client-side transfer
+//! encoding left in the input.
+
+use aws_sdk_s3::operation::put_object::PutObjectError;
+use http::HeaderMap;
+use s3s::dto::*;
+use s3s::{S3, S3Request, S3Response, S3Result};
+
+use super::{Gateway, proxied};
+
+pub(super) async fn put_object(
+    gw: &Gateway,
+    mut req: S3Request<PutObjectInput>,
+) -> S3Result<S3Response<PutObjectOutput>> {
+    let input = &mut req.input;
+    input.content_length = body_length(&req.headers, input.content_length);
+    input.content_encoding = strip_aws_chunked(input.content_encoding.take());
+    proxied!(gw, put_object, req, PutObjectError)
+}
+
+/// The length of the decoded body: s3s has already decoded an aws-chunked body and rewritten
+/// `Content-Length` to its decoded length when there was one; a streaming upload sent without
+/// `Content-Length` gives it in `x-amz-decoded-content-length`. The backing store needs it,
+/// since a PUT to S3 without a length is refused.
+pub(super) fn body_length(headers: &HeaderMap, content_length: Option<i64>) -> Option<i64> {
+    content_length.or_else(|| {
+        headers
+            .get("x-amz-decoded-content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    })
+}
+
+/// Removes `aws-chunked` from a Content-Encoding: it names the client's transfer framing,
+/// which s3s has already removed, not a property of the stored object.
+pub(super) fn strip_aws_chunked(enc: Option<String>) -> Option<String> {
+    let enc = enc?;
+    let rest: Vec<&str> = enc
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!rest.is_empty()).then(|| rest.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_chunked_is_stripped() {
+        assert_eq!(strip_aws_chunked(Some("aws-chunked".into())), None);
+        assert_eq!(
+            strip_aws_chunked(Some("aws-chunked, gzip".into())),
+            Some("gzip".into())
+        );
+        assert_eq!(strip_aws_chunked(Some("gzip".into())), Some("gzip".into()));
+        assert_eq!(strip_aws_chunked(None), None);
+    }
+
+    #[test]
+    fn decoded_length_fills_missing_content_length() {
+        let mut h = HeaderMap::new();
+        assert_eq!(body_length(&h, None), None);
+        h.insert("x-amz-decoded-content-length", "42".parse().unwrap());
+        assert_eq!(body_length(&h, None), Some(42));
+        assert_eq!(body_length(&h, Some(7)), Some(7));
+    }
+}

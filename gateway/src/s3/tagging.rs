@@ -1,0 +1,31 @@
+//! Object tagging: delegated to the backing store.
+
+use aws_sdk_s3::operation::{
+    delete_object_tagging::DeleteObjectTaggingError, get_object_tagging::GetObjectTaggingError,
+    put_object_tagging::PutObjectTaggingError,
+};
+use s3s::dto::*;
+use s3s::{S3, S3Request, S3Response, S3Result};
+
+use super::{Gateway, proxied};
+
+pub(super) async fn get_object_tagging(
+    gw: &Gateway,
+    req: S3Request<GetObjectTaggingInput>,
+) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+    proxied!(gw, get_object_tagging, req, GetObjectTaggingError)
+}
+
+pub(super) async fn put_object_tagging(
+    gw: &Gateway,
+    req: S3Request<PutObjectTaggingInput>,
+) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+    proxied!(gw, put_object_tagging, req, PutObjectTaggingError)
+}
+
+pub(super) async fn delete_object_tagging(
+    gw: &Gateway,
+    req: S3Request<DeleteObjectTaggingInput>,
+) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+    proxied!(gw, delete_object_tagging, req, DeleteObjectTaggingError)
+}
