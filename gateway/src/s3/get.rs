@@ -14,7 +14,11 @@ pub(super) async fn get_object(
     req: S3Request<GetObjectInput>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let cond = conditions_of!(req.input);
-    let resp = proxied!(gw, get_object, req, GetObjectError)?;
+    let bucket = req.input.bucket.clone();
+    let resp = match proxied!(gw, get_object, req, GetObjectError) {
+        Ok(r) => r,
+        Err(e) => return Err(missing_bucket_or(gw, &bucket, e).await),
+    };
     cond.check(
         resp.output.e_tag.as_ref(),
         resp.output.last_modified.as_ref(),
@@ -33,6 +37,24 @@ pub(super) async fn head_object(
         resp.output.last_modified.as_ref(),
     )?;
     Ok(resp)
+}
+
+/// A store may answer NoSuchKey for an object in a bucket that does not exist (s3s-fs does);
+/// S3 answers NoSuchBucket. Checked only on that error path.
+async fn missing_bucket_or(gw: &Gateway, bucket: &str, e: S3Error) -> S3Error {
+    if *e.code() != S3ErrorCode::NoSuchKey {
+        return e;
+    }
+    match gw.client.head_bucket().bucket(bucket).send().await {
+        Err(he)
+            if he
+                .raw_response()
+                .is_some_and(|r| r.status().as_u16() == 404) =>
+        {
+            s3_error!(NoSuchBucket, "The specified bucket does not exist")
+        }
+        _ => e,
+    }
 }
 
 /// The attributes a client may ask for.
@@ -112,9 +134,17 @@ pub(super) async fn get_object_attributes(
         }
         h.send()
     };
-    let h = head(None)
-        .await
-        .map_err(|e| not_found_is_no_such_key(upstream_error(&e)))?;
+    let h = match head(None).await {
+        Ok(h) => h,
+        Err(e) => {
+            return Err(missing_bucket_or(
+                gw,
+                &input.bucket,
+                not_found_is_no_such_key(upstream_error(&e)),
+            )
+            .await);
+        }
+    };
     let mut out = GetObjectAttributesOutput {
         last_modified: h
             .last_modified

