@@ -6,8 +6,10 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 
 fn config(dir: &std::path::Path) -> gateway::Config {
-    let mut cfg = gateway::Config::default();
-    cfg.data_dir = dir.to_owned();
+    let mut cfg = gateway::Config {
+        data_dir: dir.to_owned(),
+        ..Default::default()
+    };
     cfg.server.listen = "127.0.0.1:0".parse().unwrap();
     cfg.server.admin_listen = "127.0.0.1:0".parse().unwrap();
     cfg.validate().expect("valid");

@@ -1118,3 +1118,69 @@ async fn buckets(c: Ctx) {
     assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(404));
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+/// Virtual-host-style requests for a configured domain, path-style for everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_host_style_for_configured_domains() {
+    let gw = GatewayProc::start_with(
+        "s3_api_virtual_host",
+        &Backend::Embedded,
+        integration_tests::GatewayOptions {
+            env: vec![("GATEWAY_DOMAINS".into(), "s3.gateway.test".into())],
+            data_dir: None,
+        },
+    );
+    let client = gw.client();
+    client
+        .create_bucket()
+        .bucket("vhost-bucket")
+        .send()
+        .await
+        .expect("create (path-style via IP)");
+    client
+        .put_object()
+        .bucket("vhost-bucket")
+        .key("k")
+        .body(ByteStream::from_static(b"virtual"))
+        .send()
+        .await
+        .expect("put");
+    let (addr, _) = raw::split_url(&gw.endpoint);
+    let port = addr.rsplit(':').next().unwrap().to_owned();
+    let host = format!("vhost-bucket.s3.gateway.test:{port}");
+    let url = format!("http://{host}/k");
+    let signed = raw::sign_headers(
+        "GET",
+        &url,
+        &[("host", host.as_str())],
+        aws_sigv4::http_request::SignableBody::Bytes(&[]),
+        integration_tests::ACCESS_KEY,
+        integration_tests::SECRET_KEY,
+    );
+    let mut head = format!("GET /k HTTP/1.1\nHost: {host}\nConnection: close\n");
+    for (k, v) in &signed {
+        head.push_str(&format!("{k}: {v}\n"));
+    }
+    let r = tokio::task::spawn_blocking(move || raw::exchange(&addr, &head, &[], false))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, b"virtual");
+    // localhost:PORT is not a configured domain: path-style.
+    let local = s3_client_for(&format!("http://localhost:{port}"));
+    let l = local
+        .list_objects_v2()
+        .bucket("vhost-bucket")
+        .send()
+        .await
+        .expect("path-style via localhost");
+    assert_eq!(l.contents().len(), 1);
+}
+
+fn s3_client_for(endpoint: &str) -> Client {
+    integration_tests::s3_client(
+        endpoint,
+        integration_tests::ACCESS_KEY,
+        integration_tests::SECRET_KEY,
+    )
+}

@@ -1,0 +1,484 @@
+//! The write-back journal: acknowledged writes that the bucket does not hold yet.
+//!
+//! **Store.** One file per record in `<data_dir>/journal/`, written as `.<seq>.tmp`, fsynced,
+//! renamed to `<seq:020>.rec`, and the directory fsynced, before the write is acknowledged.
+//! A record is removed (and the directory fsynced) only after the bucket confirmed it. Plain
+//! files rather than an embedded database: records are whole objects of megabytes to gigabytes
+//! that are written once, read once or twice (persistence, reads after a restart) and deleted;
+//! a file per record gives sequential I/O, O(1) release of space, and a crash model that is
+//! easy to state (a record exists whole, after rename, or not at all).
+//!
+//! **Record format** (`<seq>.rec`):
+//!
+//! ```text
+//! [data: size bytes][header: postcard][header_len: u32 LE][crc32c(header): u32 LE]["GWJ1"]
+//! ```
+//!
+//! The header ([`RecordHeader`]) is written last because it carries what is known only at the
+//! end of the body (ETag, checksums). Data integrity end to end is checked by the bucket: the
+//! persisted PUT carries the MD5 of the data (Content-MD5).
+//!
+//! **Space.** The journal holds at most `capacity` bytes of data; a writer reserves its size
+//! first and waits for space (then gives up: the caller answers 503 SlowDown).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::meta::ObjectMeta;
+
+const MAGIC: &[u8; 4] = b"GWJ1";
+const FOOTER_LEN: u64 = 12;
+/// Space is accounted in units of this many bytes.
+const UNIT: u64 = 64 * 1024;
+/// Largest header accepted when reading a record back.
+const MAX_HEADER: u32 = 1 << 20;
+
+/// Journal errors.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Local disk I/O failed.
+    #[error("journal I/O on {path}: {source}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// No space freed up in time.
+    #[error("the write-back journal is full ({used} of {capacity} bytes dirty); waited {waited:?}")]
+    Full {
+        /// Bytes in use.
+        used: u64,
+        /// Capacity.
+        capacity: u64,
+        /// Time waited.
+        waited: Duration,
+    },
+    /// The object can never fit.
+    #[error("object of {size} bytes exceeds the journal capacity of {capacity} bytes")]
+    TooLarge {
+        /// Object size.
+        size: u64,
+        /// Capacity.
+        capacity: u64,
+    },
+    /// A record on disk is damaged.
+    #[error("journal record {path} is damaged: {reason}")]
+    Corrupt {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a record says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum RecordKind {
+    /// An object: the data precedes the header.
+    Put,
+    /// A deletion of the key.
+    Delete,
+}
+
+/// The header of a record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Journal sequence number: later writes of a key have larger numbers.
+    pub seq: u64,
+    /// Put or delete.
+    pub kind: RecordKind,
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// Data length (0 for deletes).
+    pub size: u64,
+    /// Object metadata (Put).
+    pub meta: ObjectMeta,
+}
+
+/// The journal directory.
+pub struct Journal {
+    dir: PathBuf,
+    next_seq: AtomicU64,
+    capacity: u64,
+    space: Arc<Semaphore>,
+}
+
+/// Space reserved for one record, returned when the record is released.
+#[derive(Debug)]
+pub struct Reservation {
+    _permit: Option<OwnedSemaphorePermit>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+fn units(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX)
+}
+
+fn record_name(seq: u64) -> String {
+    format!("{seq:020}.rec")
+}
+
+impl Journal {
+    /// Opens (creating) the journal in `dir` and reads back every complete record, oldest
+    /// first, each with the space it holds. Leftover temporary files of unfinished writes are
+    /// removed.
+    pub async fn open(dir: &Path, capacity: u64) -> Result<(Self, Vec<(RecordHeader, Reservation)>), JournalError> {
+        tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+        let mut records = Vec::new();
+        let mut entries = tokio::fs::read_dir(dir).await.map_err(io(dir))?;
+        while let Some(e) = entries.next_entry().await.map_err(io(dir))? {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let path = e.path();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                tokio::fs::remove_file(&path).await.map_err(io(&path))?;
+                continue;
+            }
+            if name.ends_with(".rec") {
+                records.push(read_header(&path).await?);
+            }
+        }
+        records.sort_by_key(|h| h.seq);
+        let total_units: u64 = records.iter().map(|h| u64::from(units(h.size))).sum();
+        let cap_units = u64::from(units(capacity));
+        if total_units > cap_units {
+            tracing::warn!(
+                used = total_units * UNIT,
+                capacity,
+                "journal holds more than its capacity (capacity lowered?); new writes wait"
+            );
+        }
+        // Replayed records take their space from the same pool, so releasing them frees it.
+        let space = Arc::new(Semaphore::new(
+            usize::try_from(cap_units.max(total_units)).unwrap_or(usize::MAX),
+        ));
+        let mut with_space = Vec::with_capacity(records.len());
+        for h in records {
+            let permit = space
+                .clone()
+                .try_acquire_many_owned(units(h.size))
+                .map_err(|_| JournalError::Corrupt {
+                    path: dir.to_owned(),
+                    reason: "journal space accounting".into(),
+                })?;
+            let r = Reservation {
+                _permit: Some(permit),
+                bytes: h.size,
+            };
+            with_space.push((h, r));
+        }
+        let next = with_space.last().map_or(1, |(h, _)| h.seq + 1);
+        let journal = Self {
+            dir: dir.to_owned(),
+            next_seq: AtomicU64::new(next),
+            capacity,
+            space,
+        };
+        sync_dir(dir).await?;
+        Ok((journal, with_space))
+    }
+
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes of data currently reserved or held.
+    pub fn used(&self) -> u64 {
+        let free = self.space.available_permits() as u64;
+        u64::from(units(self.capacity)).saturating_sub(free) * UNIT
+    }
+
+    /// Whether an object of `size` bytes can ever be journaled.
+    pub fn fits(&self, size: u64) -> bool {
+        units(size) <= units(self.capacity)
+    }
+
+    /// Reserves space for `size` bytes, waiting at most `wait`.
+    pub async fn reserve(&self, size: u64, wait: Duration) -> Result<Reservation, JournalError> {
+        if !self.fits(size) {
+            return Err(JournalError::TooLarge {
+                size,
+                capacity: self.capacity,
+            });
+        }
+        let acquire = self.space.clone().acquire_many_owned(units(size));
+        match tokio::time::timeout(wait, acquire).await {
+            Ok(Ok(permit)) => Ok(Reservation {
+                _permit: Some(permit),
+                bytes: size,
+            }),
+            _ => Err(JournalError::Full {
+                used: self.used(),
+                capacity: self.capacity,
+                waited: wait,
+            }),
+        }
+    }
+
+    /// The next sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Path of record `seq`.
+    pub fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(record_name(seq))
+    }
+
+    /// Starts writing record `seq`'s data.
+    pub async fn writer(&self, seq: u64) -> Result<RecordWriter, JournalError> {
+        let tmp = self.dir.join(format!(".{seq}.tmp"));
+        let file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+        Ok(RecordWriter {
+            file: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            dest: self.path(seq),
+            dir: self.dir.clone(),
+            written: 0,
+        })
+    }
+
+    /// Writes a record without data (a delete), durably.
+    pub async fn write_empty(&self, header: &RecordHeader) -> Result<(), JournalError> {
+        let w = self.writer(header.seq).await?;
+        w.commit(header).await
+    }
+
+    /// Removes record `seq` durably (after the bucket confirmed it, or when superseded).
+    pub async fn remove(&self, seq: u64) -> Result<(), JournalError> {
+        let path = self.path(seq);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&path)(e)),
+        }
+        sync_dir(&self.dir).await
+    }
+
+    /// Opens record `seq`'s data for reading, positioned at `offset`.
+    pub async fn open_data(&self, seq: u64, offset: u64) -> Result<tokio::fs::File, JournalError> {
+        let path = self.path(seq);
+        let mut f = tokio::fs::File::open(&path).await.map_err(io(&path))?;
+        if offset > 0 {
+            f.seek(std::io::SeekFrom::Start(offset)).await.map_err(io(&path))?;
+        }
+        Ok(f)
+    }
+}
+
+/// Writes one record: data first, then [`RecordWriter::commit`] with the header.
+pub struct RecordWriter {
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    dir: PathBuf,
+    written: u64,
+}
+
+impl RecordWriter {
+    /// Appends data.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), JournalError> {
+        self.file.write_all(data).await.map_err(io(&self.tmp))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes of data written.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends the header and footer, fsyncs, renames into place and fsyncs the directory:
+    /// from here on the record survives a crash.
+    pub async fn commit(mut self, header: &RecordHeader) -> Result<(), JournalError> {
+        if header.size != self.written {
+            return Err(JournalError::Corrupt {
+                path: self.tmp.clone(),
+                reason: format!("header says {} bytes, {} written", header.size, self.written),
+            });
+        }
+        let bytes = postcard::to_allocvec(header).map_err(|e| JournalError::Corrupt {
+            path: self.tmp.clone(),
+            reason: format!("cannot encode header: {e}"),
+        })?;
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        self.file.write_all(&bytes).await.map_err(io(&self.tmp))?;
+        self.file.write_all(&len.to_le_bytes()).await.map_err(io(&self.tmp))?;
+        self.file
+            .write_all(&crc32c::crc32c(&bytes).to_le_bytes())
+            .await
+            .map_err(io(&self.tmp))?;
+        self.file.write_all(MAGIC).await.map_err(io(&self.tmp))?;
+        self.file.flush().await.map_err(io(&self.tmp))?;
+        self.file.get_ref().sync_all().await.map_err(io(&self.tmp))?;
+        tokio::fs::rename(&self.tmp, &self.dest).await.map_err(io(&self.dest))?;
+        sync_dir(&self.dir).await
+    }
+
+    /// Abandons the record (its temporary file is removed).
+    pub async fn abort(self) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+async fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    let d = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&d).and_then(|f| f.sync_all()))
+        .await
+        .map_err(|e| JournalError::Io {
+            path: dir.to_owned(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(io(dir))
+}
+
+/// Reads a record's header from its footer.
+pub async fn read_header(path: &Path) -> Result<RecordHeader, JournalError> {
+    let corrupt = |reason: String| JournalError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut f = tokio::fs::File::open(path).await.map_err(io(path))?;
+    let len = f.metadata().await.map_err(io(path))?.len();
+    if len < FOOTER_LEN {
+        return Err(corrupt(format!("{len} bytes is shorter than a footer")));
+    }
+    f.seek(std::io::SeekFrom::Start(len - FOOTER_LEN)).await.map_err(io(path))?;
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    f.read_exact(&mut footer).await.map_err(io(path))?;
+    if &footer[8..12] != MAGIC {
+        return Err(corrupt("bad magic".into()));
+    }
+    let hlen = u32::from_le_bytes(footer[0..4].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(footer[4..8].try_into().unwrap_or_default());
+    if hlen > MAX_HEADER || u64::from(hlen) + FOOTER_LEN > len {
+        return Err(corrupt(format!("header length {hlen} out of range")));
+    }
+    f.seek(std::io::SeekFrom::Start(len - FOOTER_LEN - u64::from(hlen)))
+        .await
+        .map_err(io(path))?;
+    let mut hbytes = vec![0u8; hlen as usize];
+    f.read_exact(&mut hbytes).await.map_err(io(path))?;
+    if crc32c::crc32c(&hbytes) != crc {
+        return Err(corrupt("header checksum mismatch".into()));
+    }
+    let header: RecordHeader = postcard::from_bytes(&hbytes).map_err(|e| corrupt(format!("header: {e}")))?;
+    if header.size + u64::from(hlen) + FOOTER_LEN != len {
+        return Err(corrupt(format!("file length {len} does not match the header")));
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(seq: u64, key: &str, size: u64) -> RecordHeader {
+        RecordHeader {
+            seq,
+            kind: RecordKind::Put,
+            bucket: "b".into(),
+            key: key.into(),
+            size,
+            meta: ObjectMeta::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, old) = Journal::open(dir.path(), 1 << 30).await.unwrap();
+        assert!(old.is_empty());
+        for key in ["a", "b"] {
+            let seq = j.next_seq();
+            let mut w = j.writer(seq).await.unwrap();
+            w.write(key.as_bytes()).await.unwrap();
+            w.write(b"-data").await.unwrap();
+            w.commit(&header(seq, key, 1 + 5)).await.unwrap();
+        }
+        let seq = j.next_seq();
+        let mut del = header(seq, "a", 0);
+        del.kind = RecordKind::Delete;
+        j.write_empty(&del).await.unwrap();
+        // an unfinished write
+        let mut w = j.writer(j.next_seq()).await.unwrap();
+        w.write(b"partial").await.unwrap();
+        drop(w);
+        drop(j);
+
+        let (j, recs) = Journal::open(dir.path(), 1 << 30).await.unwrap();
+        let keys: Vec<_> = recs.iter().map(|(h, _)| (h.seq, h.key.as_str(), h.kind.clone())).collect();
+        assert_eq!(keys, [(1, "a", RecordKind::Put), (2, "b", RecordKind::Put), (3, "a", RecordKind::Delete)]);
+        assert_eq!(j.next_seq(), 4, "sequence continues after the last record");
+        let mut data = String::new();
+        j.open_data(2, 0).await.unwrap().take(6).read_to_string(&mut data).await.unwrap();
+        assert_eq!(data, "b-data");
+        assert!(
+            !std::fs::read_dir(dir.path())
+                .unwrap()
+                .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")),
+            "leftover temporary files are removed"
+        );
+        j.remove(1).await.unwrap();
+        j.remove(1).await.unwrap();
+        let (_, recs) = Journal::open(dir.path(), 1 << 30).await.unwrap();
+        assert_eq!(recs.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn space_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 1 << 20).await.unwrap();
+        assert!(matches!(
+            j.reserve(2 << 20, Duration::from_millis(10)).await,
+            Err(JournalError::TooLarge { .. })
+        ));
+        let r = j.reserve(700 << 10, Duration::from_millis(10)).await.unwrap();
+        assert!(matches!(
+            j.reserve(700 << 10, Duration::from_millis(20)).await,
+            Err(JournalError::Full { .. })
+        ));
+        drop(r);
+        j.reserve(700 << 10, Duration::from_millis(20)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn damaged_records_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 1 << 30).await.unwrap();
+        let mut w = j.writer(1).await.unwrap();
+        w.write(b"xyz").await.unwrap();
+        w.commit(&header(1, "k", 3)).await.unwrap();
+        let path = j.path(1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 13] ^= 0xff; // last header byte
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(read_header(&path).await, Err(JournalError::Corrupt { .. })));
+    }
+}
