@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod s3;
 pub mod server;
+pub mod tier;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -56,7 +56,9 @@ impl Codec {
             return Err(unsupported("d must be at least 1"));
         }
         if p > 0 && !ReedSolomonEncoder::supports(d, p) {
-            return Err(unsupported("not supported by reed-solomon-simd (d + p <= 65536, ...)"));
+            return Err(unsupported(
+                "not supported by reed-solomon-simd (d + p <= 65536, ...)",
+            ));
         }
         Ok(Self { d, p })
     }
@@ -89,7 +91,9 @@ impl Codec {
         let mut padded = BytesMut::zeroed(cl * self.d);
         padded[..piece.len()].copy_from_slice(piece);
         let padded = padded.freeze();
-        let mut chunks: Vec<Bytes> = (0..self.d).map(|i| padded.slice(i * cl..(i + 1) * cl)).collect();
+        let mut chunks: Vec<Bytes> = (0..self.d)
+            .map(|i| padded.slice(i * cl..(i + 1) * cl))
+            .collect();
         if self.p > 0 {
             let mut enc = ReedSolomonEncoder::new(self.d, self.p, cl)?;
             for c in &chunks {
@@ -109,7 +113,10 @@ impl Codec {
         let mut parity: Vec<(usize, &Bytes)> = Vec::new();
         for (i, c) in chunks {
             if c.len() != cl {
-                return Err(EcError::BadChunk(format!("chunk {i} has {} bytes, expected {cl}", c.len())));
+                return Err(EcError::BadChunk(format!(
+                    "chunk {i} has {} bytes, expected {cl}",
+                    c.len()
+                )));
             }
             match *i {
                 i if i < self.d => data[i] = Some(c.clone()),
@@ -149,7 +156,11 @@ impl Codec {
 
     /// Rebuilds every missing chunk (data or parity) of a piece from any `d` chunks: what a
     /// recovery needs to restore a lost function's share.
-    pub fn reconstruct(&self, piece_len: usize, chunks: &[(usize, Bytes)]) -> Result<Vec<Bytes>, EcError> {
+    pub fn reconstruct(
+        &self,
+        piece_len: usize,
+        chunks: &[(usize, Bytes)],
+    ) -> Result<Vec<Bytes>, EcError> {
         let piece = self.decode(piece_len, chunks)?;
         self.encode(&piece)
     }
@@ -182,11 +193,18 @@ mod tests {
                     .filter(|i| *i != a && *i != b)
                     .map(|i| (i, chunks[i].clone()))
                     .collect();
-                assert_eq!(c.decode(piece.len(), &given).unwrap().as_ref(), &piece[..], "lost {a},{b}");
+                assert_eq!(
+                    c.decode(piece.len(), &given).unwrap().as_ref(),
+                    &piece[..],
+                    "lost {a},{b}"
+                );
             }
         }
         let three: Vec<(usize, Bytes)> = (0..3).map(|i| (i, chunks[i].clone())).collect();
-        assert!(matches!(c.decode(piece.len(), &three), Err(EcError::NotEnough { .. })));
+        assert!(matches!(
+            c.decode(piece.len(), &three),
+            Err(EcError::NotEnough { .. })
+        ));
     }
 
     #[test]
@@ -194,7 +212,8 @@ mod tests {
         let c = Codec::new(3, 2).unwrap();
         let piece = vec![9u8; 777];
         let chunks = c.encode(&piece).unwrap();
-        let given: Vec<(usize, Bytes)> = [1, 3, 4].iter().map(|&i| (i, chunks[i].clone())).collect();
+        let given: Vec<(usize, Bytes)> =
+            [1, 3, 4].iter().map(|&i| (i, chunks[i].clone())).collect();
         assert_eq!(c.reconstruct(piece.len(), &given).unwrap(), chunks);
     }
 
@@ -221,7 +240,8 @@ mod tests {
                 idx.swap(i, (s >> 33) as usize % (i + 1));
             }
             let given: Vec<(usize, Bytes)> = idx[p..].iter().map(|&i| (i, chunks[i].clone())).collect();
-            prop_assert_eq!(c.decode(len, &given).unwrap().as_ref(), &piece[..]);
+            let back = c.decode(len, &given).unwrap();
+            prop_assert_eq!(back.as_ref(), &piece[..]);
         }
     }
 }

@@ -145,7 +145,10 @@ impl Journal {
     /// Opens (creating) the journal in `dir` and reads back every complete record, oldest
     /// first, each with the space it holds. Leftover temporary files of unfinished writes are
     /// removed.
-    pub async fn open(dir: &Path, capacity: u64) -> Result<(Self, Vec<(RecordHeader, Reservation)>), JournalError> {
+    pub async fn open(
+        dir: &Path,
+        capacity: u64,
+    ) -> Result<(Self, Vec<(RecordHeader, Reservation)>), JournalError> {
         tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
         let mut records = Vec::new();
         let mut entries = tokio::fs::read_dir(dir).await.map_err(io(dir))?;
@@ -284,7 +287,9 @@ impl Journal {
         let path = self.path(seq);
         let mut f = tokio::fs::File::open(&path).await.map_err(io(&path))?;
         if offset > 0 {
-            f.seek(std::io::SeekFrom::Start(offset)).await.map_err(io(&path))?;
+            f.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(io(&path))?;
         }
         Ok(f)
     }
@@ -318,7 +323,10 @@ impl RecordWriter {
         if header.size != self.written {
             return Err(JournalError::Corrupt {
                 path: self.tmp.clone(),
-                reason: format!("header says {} bytes, {} written", header.size, self.written),
+                reason: format!(
+                    "header says {} bytes, {} written",
+                    header.size, self.written
+                ),
             });
         }
         let bytes = postcard::to_allocvec(header).map_err(|e| JournalError::Corrupt {
@@ -327,15 +335,24 @@ impl RecordWriter {
         })?;
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         self.file.write_all(&bytes).await.map_err(io(&self.tmp))?;
-        self.file.write_all(&len.to_le_bytes()).await.map_err(io(&self.tmp))?;
+        self.file
+            .write_all(&len.to_le_bytes())
+            .await
+            .map_err(io(&self.tmp))?;
         self.file
             .write_all(&crc32c::crc32c(&bytes).to_le_bytes())
             .await
             .map_err(io(&self.tmp))?;
         self.file.write_all(MAGIC).await.map_err(io(&self.tmp))?;
         self.file.flush().await.map_err(io(&self.tmp))?;
-        self.file.get_ref().sync_all().await.map_err(io(&self.tmp))?;
-        tokio::fs::rename(&self.tmp, &self.dest).await.map_err(io(&self.dest))?;
+        self.file
+            .get_ref()
+            .sync_all()
+            .await
+            .map_err(io(&self.tmp))?;
+        tokio::fs::rename(&self.tmp, &self.dest)
+            .await
+            .map_err(io(&self.dest))?;
         sync_dir(&self.dir).await
     }
 
@@ -368,7 +385,9 @@ pub async fn read_header(path: &Path) -> Result<RecordHeader, JournalError> {
     if len < FOOTER_LEN {
         return Err(corrupt(format!("{len} bytes is shorter than a footer")));
     }
-    f.seek(std::io::SeekFrom::Start(len - FOOTER_LEN)).await.map_err(io(path))?;
+    f.seek(std::io::SeekFrom::Start(len - FOOTER_LEN))
+        .await
+        .map_err(io(path))?;
     let mut footer = [0u8; FOOTER_LEN as usize];
     f.read_exact(&mut footer).await.map_err(io(path))?;
     if &footer[8..12] != MAGIC {
@@ -387,9 +406,12 @@ pub async fn read_header(path: &Path) -> Result<RecordHeader, JournalError> {
     if crc32c::crc32c(&hbytes) != crc {
         return Err(corrupt("header checksum mismatch".into()));
     }
-    let header: RecordHeader = postcard::from_bytes(&hbytes).map_err(|e| corrupt(format!("header: {e}")))?;
+    let header: RecordHeader =
+        postcard::from_bytes(&hbytes).map_err(|e| corrupt(format!("header: {e}")))?;
     if header.size + u64::from(hlen) + FOOTER_LEN != len {
-        return Err(corrupt(format!("file length {len} does not match the header")));
+        return Err(corrupt(format!(
+            "file length {len} does not match the header"
+        )));
     }
     Ok(header)
 }
@@ -432,16 +454,34 @@ mod tests {
         drop(j);
 
         let (j, recs) = Journal::open(dir.path(), 1 << 30).await.unwrap();
-        let keys: Vec<_> = recs.iter().map(|(h, _)| (h.seq, h.key.as_str(), h.kind.clone())).collect();
-        assert_eq!(keys, [(1, "a", RecordKind::Put), (2, "b", RecordKind::Put), (3, "a", RecordKind::Delete)]);
+        let keys: Vec<_> = recs
+            .iter()
+            .map(|(h, _)| (h.seq, h.key.as_str(), h.kind.clone()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (1, "a", RecordKind::Put),
+                (2, "b", RecordKind::Put),
+                (3, "a", RecordKind::Delete)
+            ]
+        );
         assert_eq!(j.next_seq(), 4, "sequence continues after the last record");
         let mut data = String::new();
-        j.open_data(2, 0).await.unwrap().take(6).read_to_string(&mut data).await.unwrap();
+        j.open_data(2, 0)
+            .await
+            .unwrap()
+            .take(6)
+            .read_to_string(&mut data)
+            .await
+            .unwrap();
         assert_eq!(data, "b-data");
         assert!(
-            !std::fs::read_dir(dir.path())
+            !std::fs::read_dir(dir.path()).unwrap().any(|e| e
                 .unwrap()
-                .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")),
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")),
             "leftover temporary files are removed"
         );
         j.remove(1).await.unwrap();
@@ -458,13 +498,18 @@ mod tests {
             j.reserve(2 << 20, Duration::from_millis(10)).await,
             Err(JournalError::TooLarge { .. })
         ));
-        let r = j.reserve(700 << 10, Duration::from_millis(10)).await.unwrap();
+        let r = j
+            .reserve(700 << 10, Duration::from_millis(10))
+            .await
+            .unwrap();
         assert!(matches!(
             j.reserve(700 << 10, Duration::from_millis(20)).await,
             Err(JournalError::Full { .. })
         ));
         drop(r);
-        j.reserve(700 << 10, Duration::from_millis(20)).await.unwrap();
+        j.reserve(700 << 10, Duration::from_millis(20))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -479,6 +524,9 @@ mod tests {
         let n = bytes.len();
         bytes[n - 13] ^= 0xff; // last header byte
         std::fs::write(&path, bytes).unwrap();
-        assert!(matches!(read_header(&path).await, Err(JournalError::Corrupt { .. })));
+        assert!(matches!(
+            read_header(&path).await,
+            Err(JournalError::Corrupt { .. })
+        ));
     }
 }
