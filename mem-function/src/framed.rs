@@ -1,0 +1,314 @@
+//! Reading and writing [`wire`](crate::wire) frames on async byte streams.
+//!
+//! The reader keeps all of its state in the struct, so `read_frame` is cancel-safe (it can sit
+//! in a `select!` or under a timeout). It never reserves buffer space for a frame before the
+//! frame's header has passed [`wire::check`](crate::wire::check), and then reserves exactly the
+//! missing bytes, so a 64 MiB chunk lands in one allocation of about 64 MiB.
+
+use crate::wire::{Frame, FrameError, HEADER_LEN, Header, Limits};
+use bytes::{Buf, BytesMut};
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Initial (and minimum refill) capacity of the read buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bodies up to this size are copied into the write batch; larger ones are written directly.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// Errors of the framed stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent bytes that are not a valid frame (or a frame over the limits).
+    #[error("protocol: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer closed the stream in the middle of a frame.
+    #[error("connection closed mid-frame")]
+    Truncated,
+}
+
+/// Outcome of [`FrameReader::read_frame_admit`].
+#[derive(Debug)]
+pub enum Incoming {
+    /// A whole frame.
+    Frame(Frame),
+    /// A frame the admission check refused: its bytes were read and discarded unbuffered.
+    Skipped(Header),
+}
+
+/// Reads frames from `R` with the given limits.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    limits: Limits,
+    /// Bytes of a refused frame still to be discarded, and its header.
+    skipping: Option<(usize, Header)>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wrap a stream.
+    pub fn new(io: R, limits: Limits) -> Self {
+        FrameReader {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            limits,
+            skipping: None,
+        }
+    }
+
+    /// Change the limits (e.g. after authentication).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Current limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Next frame; `Ok(None)` on a clean end of stream between frames.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        match self.read_frame_admit(|_| true).await? {
+            Some(Incoming::Frame(f)) => Ok(Some(f)),
+            Some(Incoming::Skipped(_)) => unreachable!("admit accepts everything"),
+            None => Ok(None),
+        }
+    }
+
+    /// Next frame, asking `admit` once its header is in whether to buffer it. A refused frame
+    /// is consumed from the stream without being buffered and reported as
+    /// [`Incoming::Skipped`] (the function uses this to answer FULL to a put that cannot fit
+    /// without first receiving the chunk into memory).
+    pub async fn read_frame_admit(
+        &mut self,
+        mut admit: impl FnMut(&Header) -> bool,
+    ) -> Result<Option<Incoming>, ReadError> {
+        loop {
+            if let Some((left, header)) = self.skipping {
+                let n = left.min(self.buf.len());
+                self.buf.advance(n);
+                let left = left - n;
+                if left == 0 {
+                    self.skipping = None;
+                    return Ok(Some(Incoming::Skipped(header)));
+                }
+                self.skipping = Some((left, header));
+                self.buf.reserve(READ_CHUNK.min(left));
+                if self.io.read_buf(&mut self.buf).await? == 0 {
+                    return Err(ReadError::Truncated);
+                }
+                continue;
+            }
+            if let Some(header) = Header::decode(&self.buf)? {
+                header.check_limits(&self.limits)?;
+                let need = header.frame_len();
+                if self.buf.len() < need && !admit(&header) {
+                    self.skipping = Some((need, header));
+                    continue;
+                }
+                if let Some(frame) = Frame::parse(&mut self.buf, &self.limits)? {
+                    return Ok(Some(Incoming::Frame(frame)));
+                }
+                // Whole frame not here yet: make room for exactly the rest of it.
+                let missing = need - self.buf.len();
+                if self.buf.capacity() - self.buf.len() < missing {
+                    self.buf.reserve(missing);
+                }
+            } else if self.buf.capacity() - self.buf.len() < HEADER_LEN {
+                self.buf.reserve(READ_CHUNK);
+            }
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// Bytes buffered but not yet returned.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The stream.
+    pub fn get_ref(&self) -> &R {
+        &self.io
+    }
+
+    /// Give back the stream.
+    pub fn into_inner(self) -> R {
+        self.io
+    }
+}
+
+/// Write one frame (header and meta, then the body without copying it) and flush.
+pub async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, frame: &Frame) -> io::Result<()> {
+    let mut head = BytesMut::with_capacity(HEADER_LEN + frame.meta.len());
+    frame.encode_head(&mut head);
+    io.write_all(&head).await?;
+    if !frame.body.is_empty() {
+        io.write_all(&frame.body).await?;
+    }
+    io.flush().await
+}
+
+/// Batches frames: small ones are gathered into one buffer, large bodies are written as they
+/// are. Call [`FrameBatch::push`] for each frame, then [`FrameBatch::flush`].
+#[derive(Debug, Default)]
+pub struct FrameBatch {
+    out: BytesMut,
+}
+
+impl FrameBatch {
+    /// Empty batch.
+    pub fn new() -> Self {
+        FrameBatch {
+            out: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// Add a frame; writes out whatever is pending first when the body is large.
+    pub async fn push<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        frame: &Frame,
+    ) -> io::Result<()> {
+        frame.encode_head(&mut self.out);
+        if frame.body.len() <= INLINE_BODY {
+            self.out.extend_from_slice(&frame.body);
+            if self.out.len() >= READ_CHUNK {
+                io.write_all(&self.out).await?;
+                self.out.clear();
+            }
+        } else {
+            io.write_all(&self.out).await?;
+            self.out.clear();
+            io.write_all(&frame.body).await?;
+        }
+        Ok(())
+    }
+
+    /// Write out what is pending and flush the stream.
+    pub async fn flush<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        if !self.out.is_empty() {
+            io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        io.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{ChunkId, Opcode, Request};
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn reads_frames_split_across_writes() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let frames: Vec<Frame> = (1..=5u64)
+            .map(|i| {
+                Request::Put {
+                    id: ChunkId::for_object(i as u128, 0, 0),
+                    crc32c: 1,
+                    data: Bytes::from(vec![i as u8; 1000]),
+                }
+                .into_frame(i)
+            })
+            .collect();
+        let expected = frames.clone();
+        let writer = tokio::spawn(async move {
+            for f in &frames {
+                write_frame(&mut a, f).await.unwrap();
+            }
+        });
+        let mut r = FrameReader::new(b, Limits::DEFAULT);
+        for f in expected {
+            assert_eq!(r.read_frame().await.unwrap().unwrap(), f);
+        }
+        writer.await.unwrap();
+        assert!(r.read_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn refuses_oversized_header_without_reserving() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut head = BytesMut::new();
+        Header {
+            opcode: Opcode::PutChunk,
+            flags: 0,
+            meta_len: 5,
+            request_id: 1,
+            body_len: u32::MAX,
+        }
+        .encode(&mut head);
+        a.write_all(&head).await.unwrap();
+        let mut r = FrameReader::new(b, Limits::DEFAULT);
+        let err = r.read_frame().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReadError::Frame(FrameError::TooLarge { part: "body", .. })
+            ),
+            "{err}"
+        );
+        assert!(
+            r.buf.capacity() <= READ_CHUNK,
+            "buffer grew to {}",
+            r.buf.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn skipped_frames_are_discarded_and_the_stream_stays_in_sync() {
+        let (mut a, b) = tokio::io::duplex(4096);
+        let big = Request::Put {
+            id: ChunkId::for_object(1, 0, 0),
+            crc32c: 0,
+            data: Bytes::from(vec![9u8; 300_000]),
+        }
+        .into_frame(1);
+        let small = Request::Stats.into_frame(2);
+        let w = tokio::spawn(async move {
+            write_frame(&mut a, &big).await.unwrap();
+            write_frame(&mut a, &small).await.unwrap();
+        });
+        let mut r = FrameReader::new(b, Limits::DEFAULT);
+        match r
+            .read_frame_admit(|h| h.body_len < 1000)
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Incoming::Skipped(h) => assert_eq!(h.request_id, 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(r.buf.capacity() < 200_000);
+        match r
+            .read_frame_admit(|h| h.body_len < 1000)
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Incoming::Frame(f) => assert_eq!(f.request_id, 2),
+            other => panic!("{other:?}"),
+        }
+        w.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn truncated_stream_is_an_error() {
+        let (mut a, b) = tokio::io::duplex(4096);
+        let f = Request::Stats.into_frame(2).to_bytes();
+        a.write_all(&f[..f.len() - 1]).await.unwrap();
+        drop(a);
+        let mut r = FrameReader::new(b, Limits::DEFAULT);
+        assert!(matches!(r.read_frame().await, Err(ReadError::Truncated)));
+    }
+}
