@@ -1,0 +1,318 @@
+//! Property tests of the policies' invariants over random event sequences:
+//!
+//! - the chunks of one piece are on distinct functions (placements, lookups, relocations);
+//! - no function holds more than its capacity;
+//! - every acknowledged object is in memory or in S3: the model gateway writes every
+//!   acknowledged PUT through to S3, so a GET of an acknowledged key either hits with at least
+//!   `d` chunks of every piece on held functions or misses (and S3 has it); the policy never
+//!   claims an object that was not acknowledged or was deleted;
+//! - expired functions are never warmed (until a bucket draws them again), and every warm-up
+//!   targets a held function.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use policy::*;
+use proptest::prelude::*;
+
+const MIN: u64 = 60_000;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put { key: u8, kib: u64, pieces: u32 },
+    Get(u8),
+    Delete(u8),
+    Advance(u64),
+    Lost(u32),
+    Occupancy(u32, u64),
+}
+
+fn ops(pool: u32) -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![
+        4 => (0u8..10, 0u64..24 * 1024, 1u32..4)
+            .prop_map(|(key, kib, pieces)| Op::Put { key, kib, pieces }),
+        4 => (0u8..10).prop_map(Op::Get),
+        1 => (0u8..10).prop_map(Op::Delete),
+        3 => (0u64..8 * MIN).prop_map(Op::Advance),
+        1 => (0..pool + 2).prop_map(Op::Lost),
+        1 => (0..pool + 2, 0u64..12).prop_map(|(f, mib)| Op::Occupancy(f, mib)),
+    ];
+    prop::collection::vec(op, 1..80)
+}
+
+fn window_cfg(seed: u64) -> WindowConfig {
+    WindowConfig {
+        pool_size: 15,
+        function_memory_mb: 12,
+        reserved_mb: 2,
+        data_chunks: 2,
+        parity_chunks: 1,
+        bucket_ms: 10 * MIN,
+        active_buckets: 2,
+        window_buckets: 4,
+        active_warmup_ms: MIN,
+        active_jitter_ms: 5_000,
+        degraded_warmup_ms: 5 * MIN,
+        degraded_jitter_ms: 20_000,
+        promote_always_age: 2,
+        promote_maybe_age: 1,
+        promote_probability: 0.5,
+        stop_writes_occupancy: 0.9,
+        scale_step: 3,
+        min_object_bytes: 0,
+        seed,
+    }
+}
+
+fn pool_cfg(seed: u64) -> InfiniCacheConfig {
+    InfiniCacheConfig {
+        functions: 6,
+        function_memory_mb: 12,
+        reserved_mb: 2,
+        data_chunks: 2,
+        parity_chunks: 1,
+        warmup_ms: MIN,
+        jitter_ms: 5_000,
+        min_object_bytes: 0,
+        seed,
+    }
+}
+
+fn provisioned_cfg() -> ProvisionedConfig {
+    ProvisionedConfig {
+        node: NodeType {
+            name: "test".into(),
+            memory_gib: 40.0 / 1024.0,
+            hourly_usd: 1.0,
+        },
+        nodes: 1,
+        usable_fraction: 1.0,
+        min_object_bytes: 0,
+    }
+}
+
+struct Harness {
+    p: Box<dyn Policy>,
+    now: u64,
+    /// The S3 model: every acknowledged PUT, minus deletes.
+    s3: BTreeMap<String, u64>,
+    /// Functions returned to the pool and not drawn again since.
+    expired: BTreeSet<FunctionId>,
+}
+
+fn distinct_per_piece(chunks: &[Option<FunctionId>], cpp: usize) -> Result<(), TestCaseError> {
+    for piece in chunks.chunks(cpp) {
+        let fs: Vec<FunctionId> = piece.iter().flatten().copied().collect();
+        let set: BTreeSet<FunctionId> = fs.iter().copied().collect();
+        prop_assert_eq!(
+            set.len(),
+            fs.len(),
+            "chunks of a piece share a function: {:?}",
+            piece
+        );
+    }
+    Ok(())
+}
+
+impl Harness {
+    fn new(p: Box<dyn Policy>) -> Self {
+        Harness {
+            p,
+            now: 0,
+            s3: BTreeMap::new(),
+            expired: BTreeSet::new(),
+        }
+    }
+
+    fn held(&self) -> BTreeSet<FunctionId> {
+        self.p.snapshot().functions.iter().map(|f| f.id).collect()
+    }
+
+    fn effects(&mut self, fx: &Effects) -> Result<(), TestCaseError> {
+        self.expired.extend(fx.returned.iter().copied());
+        for g in fx.opened.iter().chain(&fx.scaled_out) {
+            for f in &g.functions {
+                self.expired.remove(f);
+            }
+        }
+        let held = self.held();
+        for w in &fx.warmups {
+            prop_assert!(
+                !self.expired.contains(&w.function),
+                "expired {} warmed",
+                w.function
+            );
+            prop_assert!(
+                held.contains(&w.function),
+                "warm-up of unheld {}",
+                w.function
+            );
+            prop_assert!(w.due <= self.now);
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Result<(), TestCaseError> {
+        let snap = self.p.snapshot();
+        let mut sum = 0;
+        for f in &snap.functions {
+            prop_assert!(
+                f.used_bytes <= f.capacity_bytes,
+                "{} over capacity: {} > {}",
+                f.id,
+                f.used_bytes,
+                f.capacity_bytes
+            );
+            sum += f.used_bytes;
+        }
+        if !snap.functions.is_empty() {
+            prop_assert_eq!(sum, snap.stats.stored_bytes);
+        }
+        for k in 0..10u8 {
+            let key = format!("k{k}");
+            if self.p.contains(&key) {
+                prop_assert!(self.s3.contains_key(&key), "phantom object {}", key);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        match *op {
+            Op::Put { key, kib, pieces } => {
+                let key = format!("k{key}");
+                let size = kib * 1024;
+                // Write-through: S3 has it before the PUT is acknowledged.
+                self.s3.insert(key.clone(), size);
+                let dec = self.p.put(self.now, &key, size, pieces);
+                self.effects(&dec.effects)?;
+                if let Placement::Functions(l) = &dec.placement {
+                    let chunks: Vec<Option<FunctionId>> =
+                        l.functions.iter().copied().map(Some).collect();
+                    prop_assert_eq!(chunks.len(), (pieces * l.chunks_per_piece) as usize);
+                    distinct_per_piece(&chunks, l.chunks_per_piece as usize)?;
+                    let held = self.held();
+                    prop_assert!(l.functions.iter().all(|f| held.contains(f)));
+                    prop_assert!(self.p.contains(&key));
+                }
+            }
+            Op::Get(key) => {
+                let key = format!("k{key}");
+                let dec = self.p.get(self.now, &key);
+                self.effects(&dec.effects)?;
+                match &dec.lookup {
+                    Lookup::Functions {
+                        chunks,
+                        chunks_per_piece,
+                        data_chunks,
+                        ..
+                    } => {
+                        prop_assert!(self.s3.contains_key(&key), "hit for unacknowledged {}", key);
+                        distinct_per_piece(chunks, *chunks_per_piece as usize)?;
+                        for piece in chunks.chunks(*chunks_per_piece as usize) {
+                            prop_assert!(
+                                piece.iter().flatten().count() >= *data_chunks as usize,
+                                "hit without d chunks"
+                            );
+                        }
+                        // After the relocation, the object's new layout is still distinct.
+                        let mut after = chunks.clone();
+                        for m in &dec.relocation {
+                            after[m.index as usize] = Some(m.to);
+                        }
+                        distinct_per_piece(&after, *chunks_per_piece as usize)?;
+                    }
+                    Lookup::Node => prop_assert!(self.s3.contains_key(&key)),
+                    Lookup::Miss => {
+                        // Served from S3 if acknowledged; then re-filled, as the gateway does.
+                        if let Some(&size) = self.s3.get(&key) {
+                            let dec = self.p.put(self.now, &key, size, 1);
+                            self.effects(&dec.effects)?;
+                        }
+                    }
+                }
+            }
+            Op::Delete(key) => {
+                let key = format!("k{key}");
+                self.s3.remove(&key);
+                let dec = self.p.delete(self.now, &key);
+                self.effects(&dec.effects)?;
+                prop_assert!(!self.p.contains(&key));
+            }
+            Op::Advance(ms) => {
+                let end = self.now + ms;
+                // Tick at every wake-up on the way, as the gateway's timer would.
+                while let Some(w) = self.p.next_wakeup().filter(|&w| w <= end) {
+                    self.now = w.max(self.now);
+                    let fx = self.p.tick(self.now);
+                    self.effects(&fx)?;
+                }
+                self.now = end;
+                let fx = self.p.tick(self.now);
+                self.effects(&fx)?;
+            }
+            Op::Lost(f) => {
+                let dec = self.p.function_lost(self.now, FunctionId(f));
+                self.effects(&dec.effects)?;
+            }
+            Op::Occupancy(f, mib) => {
+                let fx = self.p.occupancy(self.now, FunctionId(f), mib * MIB);
+                self.effects(&fx)?;
+            }
+        }
+        self.state()
+    }
+}
+
+fn run(p: Box<dyn Policy>, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut h = Harness::new(p);
+    for op in ops {
+        h.apply(op)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn sliding_window_invariants(seed in 0u64..1000, ops in ops(15)) {
+        run(Box::new(SlidingWindow::new(window_cfg(seed)).unwrap()), &ops)?;
+    }
+
+    #[test]
+    fn infinicache_invariants(seed in 0u64..1000, ops in ops(6)) {
+        run(Box::new(InfiniCache::new(pool_cfg(seed)).unwrap()), &ops)?;
+    }
+
+    #[test]
+    fn provisioned_invariants(ops in ops(0)) {
+        run(Box::new(Provisioned::new(provisioned_cfg()).unwrap()), &ops)?;
+        let p = Provisioned::new(provisioned_cfg()).unwrap();
+        prop_assert!(p.stats().stored_bytes == 0);
+    }
+
+    /// Relocations land in the current (newest) bucket, and the window never holds more
+    /// functions than the pool.
+    #[test]
+    fn promotions_go_to_the_current_bucket(seed in 0u64..1000, ops in ops(15)) {
+        let mut w = SlidingWindow::new(window_cfg(seed)).unwrap();
+        let mut now = 0;
+        for op in &ops {
+            match *op {
+                Op::Put { key, kib, pieces } => { w.put(now, &format!("k{key}"), kib * 1024, pieces); }
+                Op::Advance(ms) => { now += ms; w.tick(now); }
+                Op::Get(key) => {
+                    let dec = w.get(now, &format!("k{key}"));
+                    let snap = w.snapshot();
+                    let current: BTreeSet<FunctionId> =
+                        snap.buckets.last().map(|b| b.functions.iter().copied().collect()).unwrap_or_default();
+                    for m in &dec.relocation {
+                        prop_assert!(current.contains(&m.to));
+                    }
+                }
+                _ => {}
+            }
+            prop_assert!(w.stats().functions_held <= 15);
+        }
+    }
+}
