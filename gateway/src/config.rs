@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::Deserialize;
 
 /// Development access key for clients, used when none is configured. Refused on a
@@ -38,6 +39,10 @@ pub struct Config {
     pub embedded: EmbeddedConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The serverless-memory tier.
+    pub tier: TierConfig,
+    /// The function pool that holds the tier's chunks.
+    pub functions: FunctionsConfig,
 }
 
 /// The S3 endpoint and admin server.
@@ -224,7 +229,153 @@ impl Default for Config {
             backend: BackendConfig::default(),
             embedded: EmbeddedConfig::default(),
             log: LogConfig::default(),
+            tier: TierConfig::default(),
+            functions: FunctionsConfig::default(),
         }
+    }
+}
+
+/// When a PUT is acknowledged.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WritePolicy {
+    /// Write-back: once the object is in the local journal (fsync) and its chunks are in
+    /// function memory; persisted to the bucket in the background.
+    #[default]
+    Back,
+    /// Write-through: once the bucket has the object.
+    Through,
+}
+
+/// The serverless-memory tier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TierConfig {
+    /// Use the tier. Default `true`; `false` makes the gateway a plain S3 proxy.
+    pub enabled: bool,
+    /// Objects smaller than this pass straight through to the bucket. Default `1MiB`.
+    pub min_object_size: ByteSize,
+    /// Data chunks per piece (d). Default 10.
+    pub data_chunks: usize,
+    /// Parity chunks per piece (p). Default 2.
+    pub parity_chunks: usize,
+    /// Largest chunk; a piece holds `data_chunks` x this many object bytes. Default `1MiB`.
+    pub chunk_size: ByteSize,
+    /// When PUTs are acknowledged. Default `back`.
+    pub write_policy: WritePolicy,
+    /// Most bytes of acknowledged writes not yet in the bucket (the journal's size). Past it a
+    /// PUT waits `journal_wait`, then gets 503 SlowDown. Default `4GiB`.
+    pub journal_capacity: ByteSize,
+    /// How long a PUT waits for journal space. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub journal_wait: Duration,
+    /// Uploads to the bucket at once. Default 4.
+    pub persist_concurrency: usize,
+    /// Part size of the bucket copy; larger objects are uploaded in parts of this size (and
+    /// their ETag is the multipart one). Default `64MiB`.
+    pub persist_part_size: ByteSize,
+    /// How long an operation that needs a key's writes in the bucket first (listing, copy,
+    /// tagging, multipart completion onto it) waits for them. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub flush_timeout: Duration,
+    /// Per-chunk request timeout. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub chunk_timeout: Duration,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_object_size: ByteSize::mib(1),
+            data_chunks: 10,
+            parity_chunks: 2,
+            chunk_size: ByteSize::mib(1),
+            write_policy: WritePolicy::Back,
+            journal_capacity: ByteSize::gib(4),
+            journal_wait: Duration::from_secs(10),
+            persist_concurrency: 4,
+            persist_part_size: ByteSize::mib(64),
+            flush_timeout: Duration::from_secs(60),
+            chunk_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The function pool: `count` Lambda functions named `{name_prefix}{i}`, reached through the
+/// Lambda Invoke API (the embedded emulator when `lambda_endpoint` is empty) and their dial-back
+/// connections to the callback listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FunctionsConfig {
+    /// Functions deployed. Default 12 (one piece's `d + p` with the default code).
+    pub count: u32,
+    /// Function names are `{name_prefix}{i}`. Default `memfn-`.
+    pub name_prefix: String,
+    /// Memory size of each function (what it was deployed with), MB. Default 1536.
+    pub memory_mb: u32,
+    /// Lambda Invoke API endpoint (`https://lambda.us-east-1.amazonaws.com`). Empty (the
+    /// default): start the local Lambda emulator in-process and use it.
+    pub lambda_endpoint: String,
+    /// Region of the functions. Default `us-east-1`.
+    pub lambda_region: String,
+    /// Access key for the Lambda API (embedded emulator: any). (GATEWAY_LAMBDA_ACCESS_KEY)
+    pub lambda_access_key: String,
+    /// Secret key for the Lambda API. (GATEWAY_LAMBDA_SECRET_KEY)
+    pub lambda_secret_key: String,
+    /// Address of the callback listener functions dial. Default `127.0.0.1:0`.
+    pub callback_listen: SocketAddr,
+    /// `host:port` functions are told to dial (the listener as the functions' network sees it).
+    /// Empty (the default): the listener's own address.
+    pub callback_advertise: String,
+    /// Shared secret functions authenticate with (`MEMFN_SECRET` in their environment).
+    /// Empty: a random one per start, only valid with the embedded emulator. (GATEWAY_FUNCTION_SECRET)
+    pub secret: String,
+    /// How long a function keeps its invocation open without requests. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_tail: Duration,
+    /// How long a request waits for a function to be invoked and dial back. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Warm-up interval of functions that hold chunks. Default `1m`.
+    #[serde(with = "humantime_serde")]
+    pub warmup_interval: Duration,
+    /// Embedded emulator: freeze idle instances (SIGSTOP). Default `true`.
+    pub emulator_freeze: bool,
+    /// Embedded emulator: reclaim instances idle this long. Default `30m`.
+    #[serde(with = "humantime_serde")]
+    pub emulator_reclaim_after_idle: Duration,
+    /// Embedded emulator: the `mem-function` binary. Default: next to the gateway's.
+    pub function_binary: Option<PathBuf>,
+}
+
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        Self {
+            count: 12,
+            name_prefix: "memfn-".into(),
+            memory_mb: 1536,
+            lambda_endpoint: String::new(),
+            lambda_region: "us-east-1".into(),
+            lambda_access_key: "emulator".into(),
+            lambda_secret_key: "emulator".into(),
+            callback_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            callback_advertise: String::new(),
+            secret: String::new(),
+            idle_tail: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(10),
+            warmup_interval: Duration::from_secs(60),
+            emulator_freeze: true,
+            emulator_reclaim_after_idle: Duration::from_secs(30 * 60),
+            function_binary: None,
+        }
+    }
+}
+
+impl FunctionsConfig {
+    /// Whether the embedded emulator runs the functions.
+    pub fn embedded(&self) -> bool {
+        self.lambda_endpoint.trim().is_empty()
     }
 }
 
@@ -332,6 +483,32 @@ impl Config {
                 return invalid(format!(
                     "backend.url must start with http:// or https://, got {url:?}"
                 ));
+            }
+        }
+        let t = &self.tier;
+        if t.data_chunks == 0 || t.data_chunks + t.parity_chunks > 256 {
+            return invalid("tier.data_chunks must be 1.., data_chunks + parity_chunks at most 256".into());
+        }
+        if t.chunk_size.as_u64() < 1024 || t.chunk_size.as_u64() > 64 << 20 {
+            return invalid("tier.chunk_size must be between 1KiB and 64MiB".into());
+        }
+        if t.persist_part_size.as_u64() < 5 << 20 {
+            return invalid("tier.persist_part_size must be at least 5MiB (the S3 minimum part size)".into());
+        }
+        if t.persist_concurrency == 0 {
+            return invalid("tier.persist_concurrency must be at least 1".into());
+        }
+        let f = &self.functions;
+        if self.tier.enabled {
+            if (f.count as usize) < t.data_chunks + t.parity_chunks {
+                return invalid(format!(
+                    "functions.count ({}) must be at least tier.data_chunks + tier.parity_chunks ({})",
+                    f.count,
+                    t.data_chunks + t.parity_chunks
+                ));
+            }
+            if !f.embedded() && f.secret.len() < 16 {
+                return invalid("functions.secret (at least 16 bytes) is required with a real Lambda endpoint".into());
             }
         }
         for d in &self.server.domains {

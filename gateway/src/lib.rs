@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod middleware;
 pub mod s3;
+pub mod pool;
 pub mod server;
 pub mod tier;
 
@@ -43,6 +44,12 @@ pub struct Gateway {
     s3: server::ShutdownHandle,
     admin_stop: CancellationToken,
     admin_task: tokio::task::JoinHandle<()>,
+    /// The tier, when enabled.
+    pub tier: Option<Arc<tier::Tier>>,
+    /// The function pool, when the tier is enabled.
+    pub pool: Option<Arc<pool::Pool>>,
+    /// The embedded Lambda emulator, when used.
+    pub emulator: Option<mem_function::emulator::EmulatorHandle>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
@@ -86,10 +93,16 @@ pub async fn start(cfg: &Config) -> Result<Gateway, GatewayError> {
 
     let mut registry = Registry::default();
     let metrics = metrics::S3Metrics::register(&mut registry);
+    let (tier, pool, emulator) = if cfg.tier.enabled {
+        let (t, p, e) = start_tier(cfg, client.clone(), &mut registry).await?;
+        (Some(t), Some(p), e)
+    } else {
+        (None, None, None)
+    };
     let registry = Arc::new(registry);
 
-    let mut builder =
-        S3ServiceBuilder::new(s3::Gateway::new(client.clone(), cfg.server.region.clone()));
+    let gateway = s3::Gateway::new(client.clone(), cfg.server.region.clone(), tier.clone());
+    let mut builder = S3ServiceBuilder::new(gateway);
     builder.set_auth(auth::client_keys(&cfg.auth));
     builder.set_access(auth::GatewayAccess {
         allow_anonymous: cfg.auth.allow_anonymous,
@@ -145,7 +158,66 @@ pub async fn start(cfg: &Config) -> Result<Gateway, GatewayError> {
         s3,
         admin_stop,
         admin_task,
+        tier,
+        pool,
+        emulator,
     })
+}
+
+/// Starts the function pool (and the embedded emulator when no Lambda endpoint is set) and
+/// opens the tier on it.
+async fn start_tier(
+    cfg: &Config,
+    client: aws_sdk_s3::Client,
+    registry: &mut Registry,
+) -> Result<(Arc<tier::Tier>, Arc<pool::Pool>, Option<mem_function::emulator::EmulatorHandle>), GatewayError> {
+    let f = &cfg.functions;
+    let secret = if f.secret.is_empty() {
+        let bytes: [u8; 32] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    } else {
+        f.secret.clone()
+    };
+    let (endpoint, emulator) = if f.embedded() {
+        let mut ec = mem_function::emulator::EmulatorConfig {
+            memory_mb: f.memory_mb,
+            freeze: f.emulator_freeze,
+            reclaim_after_idle: Some(f.emulator_reclaim_after_idle),
+            function_binary: f.function_binary.clone(),
+            region: f.lambda_region.clone(),
+            ..Default::default()
+        };
+        ec.env.insert("MEMFN_SECRET".into(), secret.clone());
+        let h = mem_function::emulator::Emulator::start(ec)
+            .await
+            .map_err(|e| GatewayError::Embedded(format!("Lambda emulator: {e}")))?;
+        info!(endpoint = %h.endpoint_url(), binary = %h.function_binary().display(), "embedded Lambda emulator started");
+        (h.endpoint_url(), Some(h))
+    } else {
+        (f.lambda_endpoint.trim().to_owned(), None)
+    };
+    let lambda = pool::lambda_client(f, &endpoint);
+    let (pool, mut events) = pool::Pool::start(f, lambda, secret.into_bytes(), registry).await?;
+    let placer = Arc::new(tier::placement::RoundRobin::new(f.count));
+    let tier = tier::Tier::open(
+        &cfg.tier,
+        &cfg.data_dir,
+        client,
+        Arc::new(pool::PoolStore(pool.clone())),
+        placer,
+        registry,
+    )
+    .await?;
+    let weak = Arc::downgrade(&tier);
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            let Some(t) = weak.upgrade() else { return };
+            match ev {
+                pool::PoolEvent::Lost(f) => t.function_lost(f),
+            }
+        }
+    });
+    Ok((tier, pool, emulator))
 }
 
 impl Gateway {
@@ -155,6 +227,11 @@ impl Gateway {
         self.s3.shutdown(grace).await;
         self.admin_stop.cancel();
         let _ = tokio::time::timeout(grace, self.admin_task).await;
+        drop(self.tier);
+        drop(self.pool);
+        if let Some(e) = self.emulator {
+            e.shutdown().await;
+        }
         if let Some(e) = self.embedded {
             e.shutdown(grace).await;
         }

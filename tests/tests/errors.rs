@@ -189,7 +189,7 @@ async fn unreachable_backend_is_503_and_not_ready() {
         &Backend::External(url),
         integration_tests::GatewayOptions {
             env: vec![("GATEWAY_BACKEND_ACCESS_KEY".into(), "k".into())],
-            data_dir: None,
+            ..Default::default()
         },
     );
     let client = gw.client();

@@ -1127,7 +1127,7 @@ async fn virtual_host_style_for_configured_domains() {
         &Backend::Embedded,
         integration_tests::GatewayOptions {
             env: vec![("GATEWAY_DOMAINS".into(), "s3.gateway.test".into())],
-            data_dir: None,
+            ..Default::default()
         },
     );
     let client = gw.client();

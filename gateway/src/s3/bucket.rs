@@ -15,14 +15,27 @@ pub(super) async fn create_bucket(
     gw: &Gateway,
     req: S3Request<CreateBucketInput>,
 ) -> S3Result<S3Response<CreateBucketOutput>> {
-    proxied!(gw, create_bucket, req, CreateBucketError)
+    let bucket = req.input.bucket.clone();
+    let resp = proxied!(gw, create_bucket, req, CreateBucketError)?;
+    if let Some(t) = &gw.tier {
+        t.note_bucket(&bucket, true);
+    }
+    Ok(resp)
 }
 
 pub(super) async fn delete_bucket(
     gw: &Gateway,
     req: S3Request<DeleteBucketInput>,
 ) -> S3Result<S3Response<DeleteBucketOutput>> {
-    proxied!(gw, delete_bucket, req, DeleteBucketError)
+    let bucket = req.input.bucket.clone();
+    if let Some(t) = &gw.tier {
+        t.flush_prefix(&bucket, "").await?;
+    }
+    let resp = proxied!(gw, delete_bucket, req, DeleteBucketError)?;
+    if let Some(t) = &gw.tier {
+        t.note_bucket(&bucket, false);
+    }
+    Ok(resp)
 }
 
 pub(super) async fn head_bucket(

@@ -1,4 +1,5 @@
-//! CopyObject: delegated to the backing store, which copies server-side.
+//! CopyObject: delegated to the backing store, which copies server-side, once both keys'
+//! writes are in the bucket; the destination is then forgotten by the tier.
 
 use aws_sdk_s3::operation::copy_object::CopyObjectError;
 use s3s::dto::*;
@@ -10,5 +11,9 @@ pub(super) async fn copy_object(
     gw: &Gateway,
     req: S3Request<CopyObjectInput>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {
+    if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
+        gw.settle(bucket, &[key.as_ref()], false).await?;
+    }
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true).await?;
     proxied!(gw, copy_object, req, CopyObjectError)
 }

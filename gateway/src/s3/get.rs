@@ -6,36 +6,112 @@ use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use super::conditions::conditions_of;
-use super::{Gateway, proxied};
+use super::{Gateway, proxied, tiered};
+use crate::tier::index::{CachedObject, Slot};
+use crate::tier::{Range, Tier};
 use crate::error::{not_found_as, upstream_error};
 
-pub(super) async fn get_object(
-    gw: &Gateway,
-    req: S3Request<GetObjectInput>,
-) -> S3Result<S3Response<GetObjectOutput>> {
+pub(super) async fn get_object(gw: &Gateway, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
     let cond = conditions_of!(req.input);
-    let bucket = req.input.bucket.clone();
-    let resp = match proxied!(gw, get_object, req, GetObjectError) {
+    let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+    let plain = req.input.part_number.is_none() && req.input.version_id.is_none() && req.input.sse_customer_key.is_none();
+    if let Some(tier) = &gw.tier {
+        match tier.lookup(&bucket, &key) {
+            Some(Slot::Deleted { .. }) => return Err(no_such_key()),
+            Some(Slot::Object(obj)) if plain => return serve_from_tier(tier, &bucket, &key, obj, &req.input, &cond),
+            // partNumber and versions are the bucket copy's business: it must be current.
+            Some(Slot::Object(_)) => gw.settle(&bucket, &[key.as_str()], false).await?,
+            None => {}
+        }
+    }
+    let whole = plain && req.input.range.is_none();
+    let mut resp = match proxied!(gw, get_object, req, GetObjectError) {
         Ok(r) => r,
         Err(e) => return Err(missing_bucket_or(gw, &bucket, e).await),
     };
-    cond.check(
-        resp.output.e_tag.as_ref(),
-        resp.output.last_modified.as_ref(),
-    )?;
+    cond.check(resp.output.e_tag.as_ref(), resp.output.last_modified.as_ref())?;
+    if let Some(tier) = &gw.tier {
+        let len = resp.output.content_length.and_then(|l| u64::try_from(l).ok()).unwrap_or(0);
+        tier.metrics().misses.inc();
+        tier.metrics().bytes_from_bucket.inc_by(len);
+        if whole
+            && tier.admits(len)
+            && let Some(body) = resp.output.body.take()
+        {
+            let meta = tiered::meta_from_get(&resp.output);
+            resp.output.body = Some(tier.admit_on_read(&bucket, &key, len, meta, body));
+        }
+    }
     Ok(resp)
 }
 
-pub(super) async fn head_object(
-    gw: &Gateway,
-    req: S3Request<HeadObjectInput>,
-) -> S3Result<S3Response<HeadObjectOutput>> {
+fn no_such_key() -> S3Error {
+    s3_error!(NoSuchKey, "The specified key does not exist.")
+}
+
+/// A GET the tier answers: from function memory, or from the journal for a write whose
+/// chunks could not be placed.
+fn serve_from_tier(
+    tier: &std::sync::Arc<Tier>,
+    bucket: &str,
+    key: &str,
+    obj: std::sync::Arc<CachedObject>,
+    input: &GetObjectInput,
+    cond: &super::conditions::Conditions,
+) -> S3Result<S3Response<GetObjectOutput>> {
+    let last_modified = tiered::timestamp_ms(obj.meta.last_modified_ms);
+    cond.check(Some(&ETag::Strong(obj.meta.etag.clone())), Some(&last_modified))?;
+    let size = obj.size;
+    let span = match &input.range {
+        None => 0..size,
+        Some(r) => r
+            .check(size)
+            .map_err(|_| s3_error!(InvalidRange, "The requested range is not satisfiable"))?,
+    };
+    let mut out = tiered::get_output(&obj.meta, span.end - span.start);
+    if input.range.is_some() {
+        out.content_range = Some(format!("bytes {}-{}/{}", span.start, span.end.saturating_sub(1), size));
+    }
+    if obj.layout.is_some() {
+        tier.metrics().hits.inc();
+    } else {
+        tier.metrics().journal_reads.inc();
+    }
+    out.body = Some(tier.read(
+        bucket,
+        key,
+        obj,
+        Range {
+            start: span.start,
+            end: span.end,
+        },
+    ));
+    let mut resp = S3Response::new(out);
+    if input.range.is_some() {
+        resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+    }
+    Ok(resp)
+}
+
+pub(super) async fn head_object(gw: &Gateway, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
     let cond = conditions_of!(req.input);
+    let plain = req.input.part_number.is_none() && req.input.version_id.is_none() && req.input.sse_customer_key.is_none();
+    if let Some(tier) = &gw.tier {
+        match tier.lookup(&req.input.bucket, &req.input.key) {
+            Some(Slot::Deleted { .. }) => return Err(no_such_key()),
+            Some(Slot::Object(obj)) if plain => {
+                let last_modified = tiered::timestamp_ms(obj.meta.last_modified_ms);
+                cond.check(Some(&ETag::Strong(obj.meta.etag.clone())), Some(&last_modified))?;
+                return Ok(S3Response::new(tiered::head_output(&obj.meta, obj.size)));
+            }
+            Some(Slot::Object(_)) => {
+                gw.settle(&req.input.bucket, &[req.input.key.as_str()], false).await?;
+            }
+            None => {}
+        }
+    }
     let resp = proxied!(gw, head_object, req, HeadObjectError)?;
-    cond.check(
-        resp.output.e_tag.as_ref(),
-        resp.output.last_modified.as_ref(),
-    )?;
+    cond.check(resp.output.e_tag.as_ref(), resp.output.last_modified.as_ref())?;
     Ok(resp)
 }
 
@@ -117,6 +193,7 @@ pub(super) async fn get_object_attributes(
 ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
     let input = req.input;
     let want = wanted(&input.object_attributes)?;
+    gw.settle(&input.bucket, &[input.key.as_str()], false).await?;
     let head = |part: Option<i32>| {
         let mut h = gw
             .client

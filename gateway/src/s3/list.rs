@@ -54,6 +54,15 @@ impl ListEncoding {
     }
 }
 
+/// Listings come from the bucket: acknowledged writes under the prefix go there first, so a
+/// listing shows every write acknowledged before it.
+async fn flush_listed(gw: &Gateway, bucket: &str, prefix: Option<&str>) -> S3Result<()> {
+    match &gw.tier {
+        Some(t) => t.flush_prefix(bucket, prefix.unwrap_or("")).await,
+        None => Ok(()),
+    }
+}
+
 fn encode_objects(contents: &mut Option<Vec<Object>>, prefixes: &mut Option<Vec<CommonPrefix>>) {
     for o in contents.iter_mut().flatten() {
         encode_opt(&mut o.key);
@@ -68,6 +77,7 @@ pub(super) async fn list_objects(
     mut req: S3Request<ListObjectsInput>,
 ) -> S3Result<S3Response<ListObjectsOutput>> {
     let enc = ListEncoding::take(&mut req.input.encoding_type);
+    flush_listed(gw, &req.input.bucket, req.input.prefix.as_deref()).await?;
     let mut resp = proxied!(gw, list_objects, req, ListObjectsError)?;
     let out = &mut resp.output;
     if enc.url() {
@@ -90,6 +100,7 @@ pub(super) async fn list_objects_v2(
     mut req: S3Request<ListObjectsV2Input>,
 ) -> S3Result<S3Response<ListObjectsV2Output>> {
     let enc = ListEncoding::take(&mut req.input.encoding_type);
+    flush_listed(gw, &req.input.bucket, req.input.prefix.as_deref()).await?;
     let mut resp = proxied!(gw, list_objects_v2, req, ListObjectsV2Error)?;
     let out = &mut resp.output;
     if enc.url() {

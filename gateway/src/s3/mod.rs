@@ -14,6 +14,7 @@ mod list;
 mod multipart;
 mod put;
 mod tagging;
+mod tiered;
 
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
@@ -37,16 +38,35 @@ pub struct Gateway {
     pub(crate) client: aws_sdk_s3::Client,
     /// The region this endpoint reports.
     pub(crate) region: String,
+    /// The serverless-memory tier, when enabled.
+    pub(crate) tier: Option<std::sync::Arc<crate::tier::Tier>>,
 }
 
 impl Gateway {
-    /// A gateway in front of the store `client` talks to, reporting `region`.
-    pub fn new(client: aws_sdk_s3::Client, region: String) -> Self {
+    /// A gateway in front of the store `client` talks to, reporting `region`, with the tier
+    /// in front of it when given.
+    pub fn new(client: aws_sdk_s3::Client, region: String, tier: Option<std::sync::Arc<crate::tier::Tier>>) -> Self {
         Self {
             proxy: s3s_aws::Proxy::from(client.clone()),
             client,
             region,
+            tier,
         }
+    }
+
+    /// Before the bucket copy of these keys is changed or read by an operation passed straight
+    /// to the bucket: their unpersisted writes go first, and the tier forgets them if
+    /// `invalidate`.
+    pub(crate) async fn settle(&self, bucket: &str, keys: &[&str], invalidate: bool) -> s3s::S3Result<()> {
+        let Some(tier) = &self.tier else { return Ok(()) };
+        let owned: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        tier.flush(bucket, &owned).await?;
+        if invalidate {
+            for k in keys {
+                tier.invalidate(bucket, k);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -34,13 +34,19 @@ pub(super) async fn upload_part_copy(
     gw: &Gateway,
     req: S3Request<UploadPartCopyInput>,
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+    if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
+        gw.settle(bucket, &[key.as_ref()], false).await?;
+    }
     proxied!(gw, upload_part_copy, req, UploadPartCopyError)
 }
 
+/// The assembled object replaces the key: its earlier writes go to the bucket first, and the
+/// tier forgets the key (a later read admits the new object).
 pub(super) async fn complete_multipart_upload(
     gw: &Gateway,
     req: S3Request<CompleteMultipartUploadInput>,
 ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true).await?;
     proxied!(
         gw,
         complete_multipart_upload,

@@ -6,7 +6,8 @@ use http::HeaderMap;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
-use super::{Gateway, proxied};
+use super::{Gateway, proxied, tiered};
+use crate::tier::check::BodyCheck;
 
 pub(super) async fn put_object(
     gw: &Gateway,
@@ -15,6 +16,37 @@ pub(super) async fn put_object(
     let input = &mut req.input;
     input.content_length = body_length(&req.headers, input.content_length);
     input.content_encoding = strip_aws_chunked(input.content_encoding.take());
+    let len = input.content_length.and_then(|l| u64::try_from(l).ok());
+    if let (Some(tier), Some(len)) = (&gw.tier, len)
+        && tier.writes_back(len)
+        && tiered::write_back_supported(&req.input)
+    {
+        let check = BodyCheck::for_put(&req.input, &req.headers, req.trailing_headers.clone());
+        let meta = tiered::meta_from_put(&req.input, req.input.content_encoding.clone());
+        let body = req
+            .input
+            .body
+            .take()
+            .unwrap_or_else(|| StreamingBlob::from(s3s::Body::empty()));
+        let stored = tier.put(&req.input.bucket, &req.input.key, len, meta, body, check).await?;
+        let mut out = PutObjectOutput {
+            e_tag: Some(ETag::Strong(stored.etag.clone())),
+            ..Default::default()
+        };
+        for (alg, v) in &stored.checksums {
+            let v = Some(v.clone());
+            match alg.as_str() {
+                "CRC32" => out.checksum_crc32 = v,
+                "CRC32C" => out.checksum_crc32c = v,
+                "CRC64NVME" => out.checksum_crc64nvme = v,
+                "SHA1" => out.checksum_sha1 = v,
+                "SHA256" => out.checksum_sha256 = v,
+                _ => {}
+            }
+        }
+        return Ok(S3Response::new(out));
+    }
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true).await?;
     proxied!(gw, put_object, req, PutObjectError)
 }
 

@@ -1,4 +1,4 @@
-//! Object tagging: delegated to the backing store.
+//! Object tagging: delegated to the backing store, once the key's writes are in it.
 
 use aws_sdk_s3::operation::{
     delete_object_tagging::DeleteObjectTaggingError, get_object_tagging::GetObjectTaggingError,
@@ -13,6 +13,7 @@ pub(super) async fn get_object_tagging(
     gw: &Gateway,
     req: S3Request<GetObjectTaggingInput>,
 ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false).await?;
     proxied!(gw, get_object_tagging, req, GetObjectTaggingError)
 }
 
@@ -20,6 +21,7 @@ pub(super) async fn put_object_tagging(
     gw: &Gateway,
     req: S3Request<PutObjectTaggingInput>,
 ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false).await?;
     proxied!(gw, put_object_tagging, req, PutObjectTaggingError)
 }
 
@@ -27,5 +29,6 @@ pub(super) async fn delete_object_tagging(
     gw: &Gateway,
     req: S3Request<DeleteObjectTaggingInput>,
 ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false).await?;
     proxied!(gw, delete_object_tagging, req, DeleteObjectTaggingError)
 }

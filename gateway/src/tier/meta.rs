@@ -34,4 +34,7 @@ pub struct ObjectMeta {
     pub storage_class: Option<String>,
     /// Part size the bucket copy is uploaded with (multipart when the object is larger).
     pub part_size: u64,
+    /// Checksums the client declared and the gateway verified, by algorithm (`CRC32`, ...),
+    /// base64; passed on to the bucket with the object.
+    pub checksums: BTreeMap<String, String>,
 }

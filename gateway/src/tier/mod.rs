@@ -1,6 +1,307 @@
 //! The serverless-memory write-back tier: erasure-coded chunks in function memory, a local
 //! journal of acknowledged writes, and persistence to the bucket.
+//!
+//! What an acknowledgement means (`write_policy = back`, the default): a PUT is answered once
+//! (1) the object's bytes and metadata are in the journal on the gateway's disk, fsynced, and
+//! (2) its chunks are in function memory. If the pool cannot take the chunks (no functions
+//! reachable, all full), (2) is skipped rather than failing the PUT: the object is served from
+//! the journal until it is in the bucket, and `gateway_tier_admission_failures_total` counts it.
+//! Either way the write survives kill -9 of the gateway and every function: on restart the
+//! journal is replayed and persisted. `write_policy = through` passes PUTs to the bucket and
+//! answers when the bucket has the object.
+//!
+//! Ordering: every write or delete of a key goes through the journal with a sequence number,
+//! only a key's newest record is persisted, one upload per key at a time; operations the tier
+//! passes straight to the bucket (copy, multipart completion, tagging, listing) first wait until
+//! the keys they touch have no unpersisted writes, so an older version never lands last.
 
+pub mod body;
+pub mod check;
+pub mod chunks;
 pub mod ec;
+pub mod index;
 pub mod journal;
 pub mod meta;
+pub mod metrics;
+pub mod persist;
+pub mod placement;
+mod read;
+mod write;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use s3s::{S3Error, S3ErrorCode};
+use tracing::warn;
+
+use self::chunks::{ChunkName, ChunkStore};
+use self::ec::Codec;
+use self::index::{CachedObject, FunctionId, Index, Slot};
+use self::journal::{Journal, JournalError, RecordHeader, RecordKind};
+use self::metrics::TierMetrics;
+use self::persist::Persister;
+use crate::config::{TierConfig, WritePolicy};
+
+pub use self::read::Range;
+
+/// Where new objects' chunks go: the policy's placement, seen from the tier.
+pub trait Placer: Send + Sync + 'static {
+    /// The function of every chunk of every piece (distinct within a piece), or `None` when
+    /// the pool cannot take the object now.
+    fn place(&self, object: u128, size: u64, pieces: usize, chunks_per_piece: usize) -> Option<Vec<Vec<FunctionId>>>;
+    /// The object was read from memory.
+    fn on_read(&self, _object: u128) {}
+    /// The object's chunks were freed.
+    fn on_free(&self, _object: u128, _size: u64) {}
+}
+
+/// The tier.
+pub struct Tier {
+    cfg: TierConfig,
+    codec: Codec,
+    piece_size: u64,
+    index: Arc<Index>,
+    journal: Arc<Journal>,
+    persister: Arc<Persister>,
+    chunks: Arc<dyn ChunkStore>,
+    placer: Arc<dyn Placer>,
+    client: aws_sdk_s3::Client,
+    metrics: TierMetrics,
+    buckets: Mutex<HashSet<String>>,
+}
+
+/// How often the persistence-lag gauge is refreshed.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Tier {
+    /// Opens the tier: the journal under `data_dir/journal` is replayed (its records become
+    /// dirty keys, persisted in the background).
+    pub async fn open(
+        cfg: &TierConfig,
+        data_dir: &Path,
+        client: aws_sdk_s3::Client,
+        chunks: Arc<dyn ChunkStore>,
+        placer: Arc<dyn Placer>,
+        registry: &mut Registry,
+    ) -> Result<Arc<Self>, crate::GatewayError> {
+        let codec = Codec::new(cfg.data_chunks, cfg.parity_chunks)
+            .map_err(|e| crate::GatewayError::Config(crate::config::ConfigError::Invalid(e.to_string())))?;
+        let (journal, replay) = Journal::open(&data_dir.join("journal"), cfg.journal_capacity.as_u64())
+            .await
+            .map_err(|e| crate::GatewayError::Embedded(format!("journal: {e}")))?;
+        let journal = Arc::new(journal);
+        let metrics = TierMetrics::register(registry);
+        let index = Arc::new(Index::default());
+        let on_persisted: persist::OnPersisted = {
+            let index = index.clone();
+            Arc::new(move |h: &RecordHeader| index.persisted(&h.bucket, &h.key, h.seq))
+        };
+        let persister = Persister::new(
+            journal.clone(),
+            client.clone(),
+            cfg.persist_concurrency,
+            on_persisted,
+            metrics.clone(),
+        );
+        let mut buckets = HashSet::new();
+        for (h, space) in replay {
+            buckets.insert(h.bucket.clone());
+            let slot = match h.kind {
+                RecordKind::Put => Slot::Object(Arc::new(CachedObject {
+                    id: rand::random(),
+                    size: h.size,
+                    meta: h.meta.clone(),
+                    layout: None,
+                    journal_seq: Some(h.seq),
+                })),
+                RecordKind::Delete => Slot::Deleted { seq: h.seq },
+            };
+            let _ = index.write(&h.bucket, &h.key, h.seq, slot);
+            persister.add(h, space);
+        }
+        persister.log_replay();
+        persister.run();
+        let tier = Arc::new(Self {
+            cfg: cfg.clone(),
+            codec,
+            piece_size: cfg.chunk_size.as_u64() * cfg.data_chunks as u64,
+            index,
+            journal,
+            persister,
+            chunks,
+            placer,
+            client,
+            metrics,
+            buckets: Mutex::new(buckets),
+        });
+        let weak = Arc::downgrade(&tier);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LAG_INTERVAL).await;
+                let Some(t) = weak.upgrade() else { return };
+                t.metrics.persistence_lag_seconds.set(t.persister.lag().as_secs_f64());
+            }
+        });
+        Ok(tier)
+    }
+
+    /// Whether a PUT of `size` bytes is written back through the tier.
+    pub fn writes_back(&self, size: u64) -> bool {
+        self.cfg.enabled
+            && self.cfg.write_policy == WritePolicy::Back
+            && size >= self.cfg.min_object_size.as_u64()
+            && self.journal.fits(size)
+    }
+
+    /// Whether an object of `size` bytes read from the bucket is admitted into memory.
+    pub fn admits(&self, size: u64) -> bool {
+        self.cfg.enabled && size >= self.cfg.min_object_size.as_u64()
+    }
+
+    /// What the tier knows of a key.
+    pub fn lookup(&self, bucket: &str, key: &str) -> Option<Slot> {
+        self.index.get(bucket, key)
+    }
+
+    /// The tier's metrics.
+    pub fn metrics(&self) -> &TierMetrics {
+        &self.metrics
+    }
+
+    /// Remembers that `bucket` exists (or not) in the backing store.
+    pub fn note_bucket(&self, bucket: &str, exists: bool) {
+        let mut b = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if exists {
+            b.insert(bucket.to_owned());
+        } else {
+            b.remove(bucket);
+        }
+    }
+
+    /// Checks that `bucket` exists before a write is acknowledged for it: a write-back PUT to a
+    /// bucket that does not exist could never be persisted. Known buckets are remembered, so
+    /// this needs the backing store only the first time.
+    pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), S3Error> {
+        if self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(bucket)
+        {
+            return Ok(());
+        }
+        match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => {
+                self.note_bucket(bucket, true);
+                Ok(())
+            }
+            Err(e) => Err(crate::error::not_found_as(
+                crate::error::upstream_error(&e),
+                S3ErrorCode::NoSuchBucket,
+                "The specified bucket does not exist",
+            )),
+        }
+    }
+
+    /// Waits until `keys` of `bucket` have no unpersisted writes (before an operation that
+    /// the tier passes to the bucket acts on them).
+    pub async fn flush(&self, bucket: &str, keys: &[String]) -> Result<(), S3Error> {
+        self.persister.wait_clean(bucket, keys, self.cfg.flush_timeout).await
+    }
+
+    /// Waits until no key of `bucket` under `prefix` has unpersisted writes (before a listing).
+    pub async fn flush_prefix(&self, bucket: &str, prefix: &str) -> Result<(), S3Error> {
+        let keys = self.persister.dirty_under(bucket, prefix);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.flush(bucket, &keys).await
+    }
+
+    /// Forgets a key before the bucket copy is changed by a pass-through operation; its
+    /// chunks are freed.
+    pub fn invalidate(&self, bucket: &str, key: &str) {
+        if let Some(old) = self.index.invalidate(bucket, key) {
+            self.free(old);
+        }
+    }
+
+    /// Deletes a key with unpersisted writes through the journal (acknowledged once the delete
+    /// record is durable). Returns `None` when the key has none: the caller deletes it in the
+    /// bucket directly (after [`Tier::invalidate`]).
+    pub async fn delete_dirty(&self, bucket: &str, key: &str) -> Option<Result<(), S3Error>> {
+        if !self.persister.is_dirty(bucket, key) {
+            return None;
+        }
+        Some(self.journal_delete(bucket, key).await)
+    }
+
+    async fn journal_delete(&self, bucket: &str, key: &str) -> Result<(), S3Error> {
+        let space = self.journal.reserve(0, self.cfg.journal_wait).await.map_err(journal_error)?;
+        let seq = self.journal.next_seq();
+        let header = RecordHeader {
+            seq,
+            kind: RecordKind::Delete,
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            size: 0,
+            meta: meta::ObjectMeta::default(),
+        };
+        self.journal.write_empty(&header).await.map_err(journal_error)?;
+        if let Ok(Some(old)) = self.index.write(bucket, key, seq, Slot::Deleted { seq }) {
+            self.free(old);
+        }
+        self.persister.add(header, space);
+        Ok(())
+    }
+
+    /// A function's memory is gone. Reads of its chunks fall back to the piece's other chunks
+    /// (first-d); objects that lost more than `p` chunks of a piece are read from the journal
+    /// or the bucket and are dropped from memory on their first read.
+    pub fn function_lost(&self, f: FunctionId) {
+        let held = self.index.objects_on(f).len();
+        tracing::warn!(function = f, objects = held, "function lost: its chunks are gone");
+    }
+
+    /// Frees an object's chunks in the background.
+    fn free(&self, obj: Arc<CachedObject>) {
+        let Some(layout) = obj.layout.clone() else { return };
+        self.placer.on_free(obj.id, obj.size);
+        let store = self.chunks.clone();
+        tokio::spawn(async move {
+            for (p, fs) in layout.functions.iter().enumerate() {
+                for (i, f) in fs.iter().enumerate() {
+                    let name = ChunkName {
+                        object: obj.id,
+                        piece: u32::try_from(p).unwrap_or(u32::MAX),
+                        index: u16::try_from(i).unwrap_or(u16::MAX),
+                    };
+                    if let Err(e) = store.delete(*f, name).await {
+                        tracing::debug!(function = f, error = %e, "freeing a chunk failed (the function may be gone)");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The S3 error for a journal failure.
+fn journal_error(e: JournalError) -> S3Error {
+    match e {
+        JournalError::Full { .. } => {
+            let mut err = S3Error::with_message(
+                S3ErrorCode::SlowDown,
+                format!("{e}; retry later"),
+            );
+            err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+            err
+        }
+        other => {
+            warn!(error = %other, "journal failure");
+            S3Error::with_message(S3ErrorCode::InternalError, format!("local journal: {other}"))
+        }
+    }
+}

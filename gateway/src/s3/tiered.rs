@@ -1,0 +1,145 @@
+//! Conversions between S3 inputs/outputs and the tier's object metadata.
+
+use s3s::dto::*;
+
+use crate::tier::meta::ObjectMeta;
+
+fn fmt_http_date(t: &Timestamp) -> Option<String> {
+    let mut buf = Vec::new();
+    t.format(TimestampFormat::HttpDate, &mut buf).ok()?;
+    String::from_utf8(buf).ok()
+}
+
+fn parse_http_date(s: &str) -> Option<Timestamp> {
+    Timestamp::parse(TimestampFormat::HttpDate, s).ok()
+}
+
+/// Timestamp from milliseconds since the epoch.
+pub fn timestamp_ms(ms: u64) -> Timestamp {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .map(Timestamp::from)
+        .unwrap_or_else(|_| Timestamp::from(time::OffsetDateTime::UNIX_EPOCH))
+}
+
+/// Whether a PutObject can be written back by the tier: options that change how the bucket
+/// stores the object (customer keys, KMS, object lock, ACL grants) or make the write
+/// conditional go straight to the bucket instead.
+pub fn write_back_supported(input: &PutObjectInput) -> bool {
+    input.sse_customer_algorithm.is_none()
+        && input.sse_customer_key.is_none()
+        && input.ssekms_key_id.is_none()
+        && input.ssekms_encryption_context.is_none()
+        && input
+            .server_side_encryption
+            .as_ref()
+            .is_none_or(|s| s.as_str() == ServerSideEncryption::AES256)
+        && input.object_lock_mode.is_none()
+        && input.object_lock_retain_until_date.is_none()
+        && input.object_lock_legal_hold_status.is_none()
+        && input.acl.is_none()
+        && input.grant_full_control.is_none()
+        && input.grant_read.is_none()
+        && input.grant_read_acp.is_none()
+        && input.grant_write_acp.is_none()
+        && input.if_match.is_none()
+        && input.if_none_match.is_none()
+        && input.write_offset_bytes.is_none()
+}
+
+/// The metadata a PUT stores (ETag and time are filled in by the tier).
+pub fn meta_from_put(input: &PutObjectInput, content_encoding: Option<String>) -> ObjectMeta {
+    ObjectMeta {
+        content_type: input.content_type.clone(),
+        content_encoding,
+        content_disposition: input.content_disposition.clone(),
+        content_language: input.content_language.clone(),
+        cache_control: input.cache_control.clone(),
+        expires: input.expires.as_ref().and_then(fmt_http_date),
+        website_redirect_location: input.website_redirect_location.clone(),
+        metadata: input.metadata.clone().unwrap_or_default().into_iter().collect(),
+        tagging: input.tagging.clone(),
+        storage_class: input.storage_class.as_ref().map(|s| s.as_str().to_owned()),
+        ..Default::default()
+    }
+}
+
+/// The metadata of an object read from the bucket.
+pub fn meta_from_get(out: &GetObjectOutput) -> ObjectMeta {
+    ObjectMeta {
+        etag: out.e_tag.as_ref().map(|e| e.value().to_owned()).unwrap_or_default(),
+        last_modified_ms: out
+            .last_modified
+            .clone()
+            .map(|t| {
+                let dt = time::OffsetDateTime::from(t);
+                u64::try_from(dt.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+            })
+            .unwrap_or(0),
+        content_type: out.content_type.clone(),
+        content_encoding: out.content_encoding.clone(),
+        content_disposition: out.content_disposition.clone(),
+        content_language: out.content_language.clone(),
+        cache_control: out.cache_control.clone(),
+        expires: out.expires.as_ref().and_then(fmt_http_date),
+        website_redirect_location: out.website_redirect_location.clone(),
+        metadata: out.metadata.clone().unwrap_or_default().into_iter().collect(),
+        tagging: None,
+        storage_class: out.storage_class.as_ref().map(|s| s.as_str().to_owned()),
+        part_size: 0,
+        checksums: Default::default(),
+    }
+}
+
+/// A GetObject answer from the tier's metadata (the body is set by the caller).
+pub fn get_output(meta: &ObjectMeta, content_length: u64) -> GetObjectOutput {
+    GetObjectOutput {
+        accept_ranges: Some("bytes".into()),
+        content_length: Some(i64::try_from(content_length).unwrap_or(i64::MAX)),
+        content_type: meta.content_type.clone(),
+        content_encoding: meta.content_encoding.clone(),
+        content_disposition: meta.content_disposition.clone(),
+        content_language: meta.content_language.clone(),
+        cache_control: meta.cache_control.clone(),
+        expires: meta.expires.as_deref().and_then(parse_http_date),
+        website_redirect_location: meta.website_redirect_location.clone(),
+        e_tag: Some(ETag::Strong(meta.etag.clone())),
+        last_modified: Some(timestamp_ms(meta.last_modified_ms)),
+        metadata: (!meta.metadata.is_empty()).then(|| meta.metadata.clone().into_iter().collect()),
+        storage_class: meta.storage_class.clone().map(StorageClass::from),
+        ..Default::default()
+    }
+}
+
+/// A HeadObject answer from the tier's metadata.
+pub fn head_output(meta: &ObjectMeta, size: u64) -> HeadObjectOutput {
+    HeadObjectOutput {
+        accept_ranges: Some("bytes".into()),
+        content_length: Some(i64::try_from(size).unwrap_or(i64::MAX)),
+        content_type: meta.content_type.clone(),
+        content_encoding: meta.content_encoding.clone(),
+        content_disposition: meta.content_disposition.clone(),
+        content_language: meta.content_language.clone(),
+        cache_control: meta.cache_control.clone(),
+        expires: meta.expires.as_deref().and_then(parse_http_date),
+        website_redirect_location: meta.website_redirect_location.clone(),
+        e_tag: Some(ETag::Strong(meta.etag.clone())),
+        last_modified: Some(timestamp_ms(meta.last_modified_ms)),
+        metadata: (!meta.metadata.is_empty()).then(|| meta.metadata.clone().into_iter().collect()),
+        storage_class: meta.storage_class.clone().map(StorageClass::from),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        let t = timestamp_ms(1_700_000_000_123);
+        let s = fmt_http_date(&t).unwrap();
+        assert_eq!(s, "Tue, 14 Nov 2023 22:13:20 GMT");
+        assert!(parse_http_date(&s).is_some());
+    }
+}

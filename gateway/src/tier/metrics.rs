@@ -1,0 +1,71 @@
+//! Metrics of the tier: hits, misses, bytes by source, decodes, dirty data, persistence.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The tier's metrics.
+#[derive(Clone, Default)]
+pub struct TierMetrics {
+    /// GETs served from function memory.
+    pub hits: Counter,
+    /// GETs the tier could not serve (read from the bucket).
+    pub misses: Counter,
+    /// GETs of dirty objects served from the local journal.
+    pub journal_reads: Counter,
+    /// Object bytes sent from function memory.
+    pub bytes_from_tier: Counter,
+    /// Object bytes sent from the bucket.
+    pub bytes_from_bucket: Counter,
+    /// Object bytes sent from the journal.
+    pub bytes_from_journal: Counter,
+    /// Pieces rebuilt with parity (a data chunk was missing or late).
+    pub decodes: Counter,
+    /// Pieces read without parity.
+    pub direct_pieces: Counter,
+    /// Objects admitted into function memory (writes and read misses).
+    pub admitted: Counter,
+    /// Objects not admitted because chunks could not be placed.
+    pub admission_failures: Counter,
+    /// Bytes acknowledged but not yet in the bucket.
+    pub dirty_bytes: Gauge,
+    /// Keys with writes not yet in the bucket.
+    pub dirty_objects: Gauge,
+    /// Seconds the oldest unpersisted write has waited.
+    pub persistence_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Writes persisted to the bucket.
+    pub persisted: Counter,
+    /// Failed persistence attempts (retried).
+    pub persist_failures: Counter,
+    /// PUTs refused with 503 SlowDown because the journal was full.
+    pub slowdowns: Counter,
+}
+
+impl TierMetrics {
+    /// Registers every metric under `gateway_tier_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("gateway_tier");
+        r.register("hits", "GETs served from function memory", m.hits.clone());
+        r.register("misses", "GETs read from the bucket", m.misses.clone());
+        r.register("journal_reads", "GETs of unpersisted objects served from the journal", m.journal_reads.clone());
+        r.register("bytes_from_tier", "Object bytes sent from function memory", m.bytes_from_tier.clone());
+        r.register("bytes_from_bucket", "Object bytes sent from the bucket", m.bytes_from_bucket.clone());
+        r.register("bytes_from_journal", "Object bytes sent from the journal", m.bytes_from_journal.clone());
+        r.register("decodes", "Pieces rebuilt from parity", m.decodes.clone());
+        r.register("direct_pieces", "Pieces read from their data chunks", m.direct_pieces.clone());
+        r.register("admitted", "Objects placed into function memory", m.admitted.clone());
+        r.register("admission_failures", "Objects whose chunks could not be placed", m.admission_failures.clone());
+        r.register("dirty_bytes", "Acknowledged bytes not yet in the bucket", m.dirty_bytes.clone());
+        r.register("dirty_objects", "Keys with writes not yet in the bucket", m.dirty_objects.clone());
+        r.register(
+            "persistence_lag_seconds",
+            "Age of the oldest write not yet in the bucket",
+            m.persistence_lag_seconds.clone(),
+        );
+        r.register("persisted", "Writes persisted to the bucket", m.persisted.clone());
+        r.register("persist_failures", "Failed persistence attempts (retried)", m.persist_failures.clone());
+        r.register("slowdowns", "PUTs refused with SlowDown: journal full", m.slowdowns.clone());
+        m
+    }
+}

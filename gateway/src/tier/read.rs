@@ -1,0 +1,363 @@
+//! Reads: hits streamed piece by piece from function memory (first-d, the next piece fetched
+//! while the current one is sent), dirty objects without chunks from the journal, and misses
+//! streamed from the bucket while being admitted.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::FuturesOrdered;
+use futures::{Stream, StreamExt};
+use s3s::StdError;
+use s3s::dto::StreamingBlob;
+use s3s::stream::{ByteStream, RemainingLength};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use super::body::{self, BodySender};
+use super::chunks::{get_piece, put_piece};
+use super::index::{CachedObject, Layout};
+use super::meta::ObjectMeta;
+use super::Tier;
+
+/// A byte range of an object, `start..end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl Range {
+    /// Bytes in the range.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// Journal reads are this large.
+const JOURNAL_READ: usize = 1 << 20;
+/// Frames buffered between a miss's client stream and its admission.
+const ADMISSION_FRAMES: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ReadFailed(String);
+
+fn failed(msg: String) -> StdError {
+    Box::new(ReadFailed(msg))
+}
+
+impl Tier {
+    /// Streams `range` of an object the tier holds.
+    pub fn read(self: &Arc<Self>, bucket: &str, key: &str, obj: Arc<CachedObject>, range: Range) -> StreamingBlob {
+        let (tx, body) = body::channel(range.len());
+        let tier = self.clone();
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        tokio::spawn(async move {
+            let r = match obj.layout.clone() {
+                Some(layout) => tier.send_from_memory(&bucket, &key, &obj, &layout, range, &tx).await,
+                None => tier.send_fallback(&bucket, &key, &obj, range, &tx).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(bucket, key, error = %e, "read failed mid-stream");
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        StreamingBlob::new(body)
+    }
+
+    async fn send_from_memory(
+        self: &Arc<Self>,
+        bucket: &str,
+        key: &str,
+        obj: &Arc<CachedObject>,
+        layout: &Layout,
+        range: Range,
+        tx: &BodySender,
+    ) -> Result<(), StdError> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        self.placer.on_read(obj.id);
+        let ps = layout.piece_size;
+        let first = range.start / ps;
+        let last = (range.end - 1) / ps;
+        let fetch = |i: u64| {
+            let store = self.chunks.clone();
+            let (off, len) = layout.piece_span(obj.size, i);
+            let fs = layout.functions[usize::try_from(i).unwrap_or(usize::MAX)].clone();
+            let codec = layout.codec;
+            let id = obj.id;
+            let timeout = self.cfg.chunk_timeout;
+            async move {
+                let r = get_piece(
+                    &store,
+                    codec,
+                    id,
+                    u32::try_from(i).unwrap_or(u32::MAX),
+                    usize::try_from(len).unwrap_or(usize::MAX),
+                    &fs,
+                    timeout,
+                )
+                .await;
+                (i, off, len, r)
+            }
+        };
+        let mut fetches = FuturesOrdered::new();
+        let mut next = first;
+        while next <= last && fetches.len() < body::DEPTH {
+            fetches.push_back(fetch(next));
+            next += 1;
+        }
+        let mut broken = false;
+        while let Some((i, off, len, r)) = fetches.next().await {
+            if next <= last {
+                fetches.push_back(fetch(next));
+                next += 1;
+            }
+            let (parts, from_memory) = match r {
+                Ok(p) => {
+                    if p.decoded {
+                        self.metrics.decodes.inc();
+                    } else {
+                        self.metrics.direct_pieces.inc();
+                    }
+                    (p.parts, true)
+                }
+                Err((e, failures)) => {
+                    tracing::warn!(bucket, key, piece = i, error = %e, lost = failures.len(), "piece unreadable from memory; reading it from the journal or the bucket");
+                    broken = true;
+                    (vec![self.read_span(bucket, key, obj, off, len).await?], false)
+                }
+            };
+            // Send the requested part of the piece, part by part (no copy).
+            let (lo, hi) = (range.start.max(off) - off, range.end.min(off + len) - off);
+            let mut pos = 0u64;
+            for part in parts {
+                let (p0, p1) = (pos, pos + part.len() as u64);
+                pos = p1;
+                let (a, b) = (lo.max(p0), hi.min(p1));
+                if a >= b {
+                    continue;
+                }
+                let slice = part.slice(usize::try_from(a - p0).unwrap_or(0)..usize::try_from(b - p0).unwrap_or(0));
+                if from_memory {
+                    self.metrics.bytes_from_tier.inc_by(slice.len() as u64);
+                } else {
+                    self.metrics.bytes_from_bucket.inc_by(slice.len() as u64);
+                }
+                if tx.send(Ok(slice)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if broken {
+            self.index.drop_layout(bucket, key, obj.id);
+        }
+        Ok(())
+    }
+
+    /// Bytes `off..off+len` of an object from its journal record, or else the bucket.
+    async fn read_span(&self, bucket: &str, key: &str, obj: &CachedObject, off: u64, len: u64) -> Result<Bytes, StdError> {
+        if let Some(seq) = obj.journal_seq {
+            let mut f = self.journal.open_data(seq, off).await.map_err(|e| failed(e.to_string()))?;
+            let mut buf = BytesMut::zeroed(usize::try_from(len).unwrap_or(0));
+            f.read_exact(&mut buf).await.map_err(|e| failed(format!("journal read: {e}")))?;
+            return Ok(buf.freeze());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", off, off + len - 1))
+            .if_match(format!("\"{}\"", obj.meta.etag))
+            .send()
+            .await
+            .map_err(|e| failed(format!("bucket read: {}", aws_sdk_s3::error::DisplayErrorContext(&e))))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| failed(format!("bucket read: {e}")))?
+            .into_bytes();
+        if data.len() as u64 != len {
+            return Err(failed(format!("bucket returned {} bytes, expected {len}", data.len())));
+        }
+        Ok(data)
+    }
+
+    /// An object without chunks: from its journal record (dirty) in large reads.
+    async fn send_fallback(
+        &self,
+        bucket: &str,
+        key: &str,
+        obj: &CachedObject,
+        range: Range,
+        tx: &BodySender,
+    ) -> Result<(), StdError> {
+        let mut pos = range.start;
+        while pos < range.end {
+            let n = (range.end - pos).min(JOURNAL_READ as u64);
+            let data = self.read_span(bucket, key, obj, pos, n).await?;
+            if obj.journal_seq.is_some() {
+                self.metrics.bytes_from_journal.inc_by(n);
+            } else {
+                self.metrics.bytes_from_bucket.inc_by(n);
+            }
+            pos += n;
+            if tx.send(Ok(data)).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Wraps the body of a whole-object GET from the bucket so that, while it streams to the
+    /// client, it is cut into pieces and placed in function memory. The client is never slowed
+    /// down: if admission falls behind, it is abandoned.
+    pub fn admit_on_read(
+        self: &Arc<Self>,
+        bucket: &str,
+        key: &str,
+        size: u64,
+        meta: ObjectMeta,
+        body: StreamingBlob,
+    ) -> StreamingBlob {
+        let id: u128 = rand::random();
+        let pieces = usize::try_from(Layout::piece_count(size, self.piece_size)).unwrap_or(usize::MAX);
+        let Some(placement) = self.placer.place(id, size, pieces, self.codec.total()) else {
+            self.metrics.admission_failures.inc();
+            return body;
+        };
+        let ticket = self.index.begin_fill();
+        let (tx, rx) = mpsc::channel::<Bytes>(ADMISSION_FRAMES);
+        let tier = self.clone();
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        tokio::spawn(async move {
+            let layout = Layout {
+                codec: tier.codec,
+                piece_size: tier.piece_size,
+                functions: placement,
+            };
+            let ok = tier.admit(id, size, &layout, rx).await;
+            if !ok {
+                // admit() freed what it had placed.
+                tier.index.abandon_fill(ticket);
+                tier.metrics.admission_failures.inc();
+                return;
+            }
+            let obj = CachedObject {
+                id,
+                size,
+                meta,
+                layout: Some(layout.clone()),
+                journal_seq: None,
+            };
+            if tier.index.finish_fill(ticket, &bucket, &key, obj) {
+                tier.metrics.admitted.inc();
+            } else {
+                // The key was written meanwhile: what was read is stale.
+                tier.free(Arc::new(CachedObject {
+                    id,
+                    size,
+                    meta: ObjectMeta::default(),
+                    layout: Some(layout),
+                    journal_seq: None,
+                }));
+            }
+        });
+        StreamingBlob::new(Tee {
+            inner: body,
+            tx: Some(tx),
+            remaining: size,
+        })
+    }
+
+    /// Receives the object's bytes and places them piece by piece; true when all of it was
+    /// placed. On failure the chunks placed so far are freed.
+    async fn admit(&self, id: u128, size: u64, layout: &Layout, mut rx: mpsc::Receiver<Bytes>) -> bool {
+        let ps = usize::try_from(layout.piece_size).unwrap_or(usize::MAX);
+        let mut buf = BytesMut::new();
+        let mut received = 0u64;
+        let mut index = 0usize;
+        let mut ok = true;
+        while let Some(b) = rx.recv().await {
+            received += b.len() as u64;
+            buf.extend_from_slice(&b);
+            while buf.len() >= ps && ok {
+                let piece = buf.split_to(ps).freeze();
+                ok = self.place_piece(id, layout, index, piece).await;
+                index += 1;
+            }
+            if !ok {
+                break;
+            }
+        }
+        if ok && received == size && !buf.is_empty() {
+            ok = self.place_piece(id, layout, index, buf.split().freeze()).await;
+        }
+        let ok = ok && received == size;
+        if !ok {
+            self.free(Arc::new(CachedObject {
+                id,
+                size,
+                meta: ObjectMeta::default(),
+                layout: Some(layout.clone()),
+                journal_seq: None,
+            }));
+        }
+        ok
+    }
+
+    async fn place_piece(&self, id: u128, layout: &Layout, index: usize, piece: Bytes) -> bool {
+        let Some(fs) = layout.functions.get(index) else { return false };
+        put_piece(&self.chunks, layout.codec, id, u32::try_from(index).unwrap_or(u32::MAX), piece, fs)
+            .await
+            .is_ok()
+    }
+}
+
+/// The bucket's body, copied to the admission task as it passes.
+struct Tee {
+    inner: StreamingBlob,
+    tx: Option<mpsc::Sender<Bytes>>,
+    remaining: u64,
+}
+
+impl Stream for Tee {
+    type Item = Result<Bytes, StdError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_next(cx);
+        match &r {
+            Poll::Ready(Some(Ok(b))) => {
+                this.remaining = this.remaining.saturating_sub(b.len() as u64);
+                if let Some(tx) = &this.tx
+                    && tx.try_send(b.clone()).is_err()
+                {
+                    // Admission is behind or gone: let the client go on alone.
+                    this.tx = None;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.tx = None,
+            _ => {}
+        }
+        r
+    }
+}
+
+impl ByteStream for Tee {
+    fn remaining_length(&self) -> RemainingLength {
+        RemainingLength::new_exact(usize::try_from(self.remaining).unwrap_or(usize::MAX))
+    }
+}

@@ -1,0 +1,222 @@
+//! The write-back PUT: the body streams into the journal and, piece by piece, into function
+//! memory at the same time; the answer waits for both.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use md5::Digest;
+use s3s::dto::StreamingBlob;
+use s3s::{S3Error, S3ErrorCode};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::check::BodyCheck;
+use super::chunks::put_piece;
+use super::index::{CachedObject, Layout, Slot};
+use super::journal::{RecordHeader, RecordKind};
+use super::meta::ObjectMeta;
+use super::persist::expected_etag;
+use super::{Tier, journal_error};
+
+/// Pieces being placed at once by one PUT (bounds its memory to this many pieces).
+pub const PIECES_IN_FLIGHT: usize = 4;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Tier {
+    /// Writes an object of `size` bytes back: journal + memory, then background persistence.
+    /// Returns the metadata it was stored with (its ETag is the one the bucket will hold).
+    pub async fn put(
+        self: &Arc<Self>,
+        bucket: &str,
+        key: &str,
+        size: u64,
+        mut meta: ObjectMeta,
+        mut body: StreamingBlob,
+        mut check: BodyCheck,
+    ) -> Result<ObjectMeta, S3Error> {
+        self.ensure_bucket(bucket).await?;
+        let space = match self.journal.reserve(size, self.cfg.journal_wait).await {
+            Ok(s) => s,
+            Err(e) => {
+                if matches!(e, super::journal::JournalError::Full { .. }) {
+                    self.metrics.slowdowns.inc();
+                }
+                return Err(journal_error(e));
+            }
+        };
+        let seq = self.journal.next_seq();
+        let id: u128 = rand::random();
+        let part_size = self.cfg.persist_part_size.as_u64();
+        let piece_size = usize::try_from(self.piece_size).unwrap_or(usize::MAX);
+        let pieces = usize::try_from(Layout::piece_count(size, self.piece_size)).unwrap_or(usize::MAX);
+        let placement = if size > 0 {
+            self.placer.place(id, size, pieces, self.codec.total())
+        } else {
+            None
+        };
+        let mut writer = self.journal.writer(seq).await.map_err(journal_error)?;
+        let mut md5 = md5::Md5::new();
+        let mut part_md5 = md5::Md5::new();
+        let mut part_fill = 0u64;
+        let mut parts: Vec<[u8; 16]> = Vec::new();
+        let mut buf = BytesMut::new();
+        let mut puts: JoinSet<bool> = JoinSet::new();
+        let slots = Arc::new(Semaphore::new(PIECES_IN_FLIGHT));
+        let mut next_piece = 0usize;
+        let mut received = 0u64;
+
+        let spawn_piece = |puts: &mut JoinSet<bool>, piece: Bytes, index: usize, permit| {
+            let Some(fs) = placement.as_ref().and_then(|p| p.get(index)).cloned() else { return };
+            let store = self.chunks.clone();
+            let codec = self.codec;
+            puts.spawn(async move {
+                let r = put_piece(&store, codec, id, u32::try_from(index).unwrap_or(u32::MAX), piece, &fs).await;
+                drop(permit);
+                if let Err(e) = &r {
+                    tracing::debug!(error = %e, "placing a piece failed");
+                }
+                r.is_ok()
+            });
+        };
+
+        let streamed: Result<[u8; 16], S3Error> = async {
+            while let Some(frame) = body.next().await {
+                let data = frame.map_err(|e| {
+                    S3Error::with_message(S3ErrorCode::IncompleteBody, format!("reading the request body: {e}"))
+                })?;
+                received += data.len() as u64;
+                if received > size {
+                    return Err(S3Error::with_message(
+                        S3ErrorCode::IncompleteBody,
+                        "the request body is longer than its declared length",
+                    ));
+                }
+                writer.write(&data).await.map_err(journal_error)?;
+                md5.update(&data);
+                check.update(&data);
+                let mut rest = &data[..];
+                while !rest.is_empty() {
+                    let take = usize::try_from((part_size - part_fill).min(rest.len() as u64)).unwrap_or(rest.len());
+                    part_md5.update(&rest[..take]);
+                    part_fill += take as u64;
+                    rest = &rest[take..];
+                    if part_fill == part_size {
+                        parts.push(part_md5.finalize_reset().into());
+                        part_fill = 0;
+                    }
+                }
+                if placement.is_some() {
+                    buf.extend_from_slice(&data);
+                    while buf.len() >= piece_size {
+                        let piece = buf.split_to(piece_size).freeze();
+                        let permit = slots.clone().acquire_owned().await.ok();
+                        spawn_piece(&mut puts, piece, next_piece, permit);
+                        next_piece += 1;
+                    }
+                }
+            }
+            if received != size {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::IncompleteBody,
+                    format!("the request body has {received} bytes, {size} declared"),
+                ));
+            }
+            let whole: [u8; 16] = md5.finalize_reset().into();
+            let verified = std::mem::replace(&mut check, BodyCheck::none()).verify(&whole)?;
+            meta.checksums = super::check::to_map(&verified);
+            Ok(whole)
+        }
+        .await;
+        let whole = match streamed {
+            Ok(w) => w,
+            Err(e) => {
+            writer.abort().await;
+            puts.abort_all();
+            if let Some(p) = &placement {
+                self.free(Arc::new(CachedObject {
+                    id,
+                    size,
+                    meta: ObjectMeta::default(),
+                    layout: Some(Layout {
+                        codec: self.codec,
+                        piece_size: self.piece_size,
+                        functions: p.clone(),
+                    }),
+                    journal_seq: None,
+                    }));
+                }
+                return Err(e);
+            }
+        };
+        if placement.is_some() && !buf.is_empty() {
+            let permit = slots.clone().acquire_owned().await.ok();
+            spawn_piece(&mut puts, buf.split().freeze(), next_piece, permit);
+        }
+        if part_fill > 0 {
+            parts.push(part_md5.finalize().into());
+        }
+        meta.etag = expected_etag(&whole, &parts, size, part_size);
+        meta.last_modified_ms = now_ms();
+        meta.part_size = part_size;
+        let header = RecordHeader {
+            seq,
+            kind: RecordKind::Put,
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            size,
+            meta: meta.clone(),
+        };
+        writer.commit(&header).await.map_err(journal_error)?;
+
+        let mut placed = placement.is_some();
+        while let Some(r) = puts.join_next().await {
+            placed &= r.unwrap_or(false);
+        }
+        let layout = placement.map(|functions| Layout {
+            codec: self.codec,
+            piece_size: self.piece_size,
+            functions,
+        });
+        let obj = Arc::new(CachedObject {
+            id,
+            size,
+            meta: meta.clone(),
+            layout: layout.clone(),
+            journal_seq: Some(seq),
+        });
+        let obj = if placed || layout.is_none() {
+            if placed {
+                self.metrics.admitted.inc();
+            } else if size > 0 {
+                self.metrics.admission_failures.inc();
+            }
+            obj
+        } else {
+            // Some chunks did not make it: free the rest, serve from the journal.
+            self.metrics.admission_failures.inc();
+            self.free(obj);
+            Arc::new(CachedObject {
+                id,
+                size,
+                meta: meta.clone(),
+                layout: None,
+                journal_seq: Some(seq),
+            })
+        };
+        match self.index.write(bucket, key, seq, Slot::Object(obj)) {
+            Ok(Some(old)) => self.free(old),
+            Ok(None) => {}
+            Err(Slot::Object(lost)) => self.free(lost),
+            Err(Slot::Deleted { .. }) => {}
+        }
+        self.persister.add(header, space);
+        Ok(meta)
+    }
+}

@@ -1,0 +1,361 @@
+//! `make bench`: GET throughput of 1 MiB, 16 MiB, 100 MiB and 1 GiB objects, measured in one
+//! run against baselines measured in the same run:
+//!
+//! - **hit**: the gateway serving from function memory (embedded emulator, 12 functions, 10+2);
+//! - **miss**: the gateway reading from its backing store (and admitting the object);
+//! - **direct**: the backing store itself (the embedded s3s-fs), no gateway;
+//! - **redis**: Redis (Debian's redis-server) GET of the same bytes, the ElastiCache stand-in;
+//! - **loopback**: one TCP stream between two local processes, the ceiling of the machine.
+//!
+//! Prints a table of MB/s and the hit's ratios to each baseline, writes `bench-get.png` and
+//! `bench-get.json` to `--out` (default `target/bench`). Run with the release build.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use integration_tests::{
+    BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY, Backend, GatewayOptions, GatewayProc, free_port, payload, s3_client,
+};
+use plotters::prelude::*;
+
+const MIB: usize = 1 << 20;
+
+struct Row {
+    size: usize,
+    loopback: f64,
+    redis: f64,
+    direct: f64,
+    miss: f64,
+    hit: f64,
+}
+
+fn reps(size: usize) -> usize {
+    match size {
+        s if s <= MIB => 30,
+        s if s <= 16 * MIB => 10,
+        s if s <= 100 * MIB => 4,
+        _ => 2,
+    }
+}
+
+fn mbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+async fn read_all(c: &Client, bucket: &str, key: &str) -> usize {
+    let mut body = c
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {key}: {e:?}"))
+        .body;
+    let mut n = 0;
+    while let Some(chunk) = body.try_next().await.expect("body") {
+        n += chunk.len();
+    }
+    n
+}
+
+/// Loopback ceiling: a child process writes `size` bytes on one TCP connection.
+fn loopback(size: usize) -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let exe = std::env::current_exe().expect("exe");
+    let mut best: f64 = 0.0;
+    for _ in 0..reps(size).min(5) {
+        let mut child = Command::new(&exe)
+            .args(["--loopback-source", &port.to_string(), &size.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn source");
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 4 * MIB];
+        let start = Instant::now();
+        let mut n = 0;
+        loop {
+            let r = s.read(&mut buf).expect("read");
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        let t = start.elapsed();
+        assert_eq!(n, size);
+        let _ = child.wait();
+        best = best.max(mbps(size, t));
+    }
+    best
+}
+
+fn loopback_source(port: u16, size: usize) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let block = vec![7u8; 4 * MIB];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len());
+        s.write_all(&block[..n]).expect("write");
+        left -= n;
+    }
+}
+
+struct Redis {
+    proc: integration_tests::Proc,
+    port: u16,
+}
+
+fn start_redis() -> Redis {
+    let port = free_port();
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--proto-max-bulk-len",
+        "2gb",
+        "--client-query-buffer-limit",
+        "2gb",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let proc = integration_tests::Proc::spawn(cmd, "redis-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start (is it installed? apt-get install redis-server)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Redis { proc, port }
+}
+
+fn redis_get_mbps(r: &Redis, data: &[u8]) -> f64 {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", r.port)).expect("redis url");
+    let mut con = client.get_connection().expect("redis connect");
+    redis::cmd("SET").arg("bench").arg(data).query::<()>(&mut con).expect("SET");
+    let _: Vec<u8> = redis::cmd("GET").arg("bench").query(&mut con).expect("GET");
+    let n = reps(data.len());
+    let start = Instant::now();
+    for _ in 0..n {
+        let v: Vec<u8> = redis::cmd("GET").arg("bench").query(&mut con).expect("GET");
+        assert_eq!(v.len(), data.len());
+    }
+    let t = start.elapsed();
+    let _ = &r.proc;
+    mbps(data.len() * n, t)
+}
+
+fn chart(rows: &[Row], path: &PathBuf) -> Result<(), Box<dyn std::error::Error>> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| "font registration failed")?;
+    const W: u32 = 1000;
+    const H: u32 = 560;
+    let mut pixels = vec![0u8; (W * H * 3) as usize];
+    {
+    let root = BitMapBackend::with_buffer(&mut pixels, (W, H)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = rows
+        .iter()
+        .flat_map(|r| [r.loopback, r.redis, r.direct, r.miss, r.hit])
+        .fold(1.0f64, f64::max);
+    let series: [(&str, RGBColor, fn(&Row) -> f64); 5] = [
+        ("loopback", RGBColor(120, 120, 120), |r| r.loopback),
+        ("redis", RGBColor(200, 60, 50), |r| r.redis),
+        ("direct s3s-fs", RGBColor(230, 160, 40), |r| r.direct),
+        ("gateway miss", RGBColor(90, 140, 200), |r| r.miss),
+        ("gateway hit", RGBColor(40, 160, 90), |r| r.hit),
+    ];
+    let groups = rows.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption("GET throughput (MB/s, higher is better)", ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..groups as f64, (1f64..max * 2.0).log_scale())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            rows.get(i)
+                .map(|r| format!("{} MiB", r.size / MIB))
+                .unwrap_or_default()
+        })
+        .y_desc("MB/s")
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    let w = 0.8 / series.len() as f64;
+    for (s, (name, color, get)) in series.iter().enumerate() {
+        let bars = rows.iter().enumerate().map(|(i, r)| {
+            let x0 = i as f64 + 0.1 + s as f64 * w;
+            Rectangle::new([(x0, 1.0), (x0 + w * 0.9, get(r).max(1.0))], color.filled())
+        });
+        chart
+            .draw_series(bars)?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()?;
+    root.present()?;
+    }
+    let file = std::fs::File::create(path)?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), W, H);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header()?.write_image_data(&pixels)?;
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--loopback-source") {
+        let port = args[2].parse().expect("port");
+        let size = args[3].parse().expect("size");
+        loopback_source(port, size);
+        return;
+    }
+    let mut out = PathBuf::from("target/bench");
+    let mut sizes = vec![MIB, 16 * MIB, 100 * MIB, 1024 * MIB];
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--out" => {
+                out = PathBuf::from(&args[i + 1]);
+                i += 1;
+            }
+            "--sizes-mib" => {
+                sizes = args[i + 1].split(',').map(|s| s.parse::<usize>().expect("size") * MIB).collect();
+                i += 1;
+            }
+            other => panic!("unknown argument {other}; use --out DIR, --sizes-mib 1,16,100,1024"),
+        }
+        i += 1;
+    }
+    std::fs::create_dir_all(&out).expect("out dir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let redis = start_redis();
+    let backend_port = free_port();
+    let gw = GatewayProc::start_with(
+        "bench",
+        &Backend::Embedded,
+        GatewayOptions {
+            env: vec![
+                ("GATEWAY_EMBEDDED_LISTEN".into(), format!("127.0.0.1:{backend_port}")),
+                ("RUST_LOG".into(), "warn".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    let c = gw.client();
+    let direct = s3_client(&format!("http://127.0.0.1:{backend_port}"), BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY);
+    let mut rows = Vec::new();
+    rt.block_on(async {
+        c.create_bucket().bucket("bench").send().await.expect("bucket");
+    });
+    for &size in &sizes {
+        eprintln!("measuring {} MiB ...", size / MIB);
+        let data = payload(size, size as u64);
+        let n = reps(size);
+        let (hit, miss, direct_mbps) = rt.block_on(async {
+            // hit: written through the gateway, so its chunks are in function memory
+            c.put_object()
+                .bucket("bench")
+                .key(format!("hit-{size}"))
+                .body(ByteStream::from(data.clone()))
+                .send()
+                .await
+                .expect("PUT");
+            read_all(&c, "bench", &format!("hit-{size}")).await;
+            let start = Instant::now();
+            for _ in 0..n {
+                assert_eq!(read_all(&c, "bench", &format!("hit-{size}")).await, size);
+            }
+            let hit = mbps(size * n, start.elapsed());
+            // miss: objects written straight to the backing store, read once each
+            for r in 0..n {
+                direct
+                    .put_object()
+                    .bucket("bench")
+                    .key(format!("miss-{size}-{r}"))
+                    .body(ByteStream::from(data.clone()))
+                    .send()
+                    .await
+                    .expect("direct PUT");
+            }
+            let start = Instant::now();
+            for r in 0..n {
+                assert_eq!(read_all(&c, "bench", &format!("miss-{size}-{r}")).await, size);
+            }
+            let miss = mbps(size * n, start.elapsed());
+            let start = Instant::now();
+            for r in 0..n {
+                assert_eq!(read_all(&direct, "bench", &format!("miss-{size}-{r}")).await, size);
+            }
+            let direct_mbps = mbps(size * n, start.elapsed());
+            for r in 0..n {
+                let _ = c.delete_object().bucket("bench").key(format!("miss-{size}-{r}")).send().await;
+            }
+            (hit, miss, direct_mbps)
+        });
+        let redis_mbps = redis_get_mbps(&redis, &data);
+        let lo = loopback(size);
+        rows.push(Row {
+            size,
+            loopback: lo,
+            redis: redis_mbps,
+            direct: direct_mbps,
+            miss,
+            hit,
+        });
+    }
+    println!("GET throughput, MB/s (this machine, one run; each column measured in the same run)\n");
+    println!("| object | loopback | redis | direct s3s-fs | gateway miss | gateway hit | hit/loopback | hit/redis | hit/direct |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} MiB | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.2}x |",
+            r.size / MIB,
+            r.loopback,
+            r.redis,
+            r.direct,
+            r.miss,
+            r.hit,
+            r.hit / r.loopback,
+            r.hit / r.redis,
+            r.hit / r.direct
+        );
+    }
+    let json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({"size_mib": r.size / MIB, "loopback": r.loopback, "redis": r.redis,
+                "direct": r.direct, "miss": r.miss, "hit": r.hit})
+        })
+        .collect();
+    std::fs::write(out.join("bench-get.json"), serde_json::to_vec_pretty(&json).expect("json")).expect("write json");
+    let png = out.join("bench-get.png");
+    match chart(&rows, &png) {
+        Ok(()) => println!("\nchart: {}", png.display()),
+        Err(e) => eprintln!("chart not written: {e}"),
+    }
+    drop(gw);
+    drop(redis);
+}
