@@ -10,7 +10,7 @@ REQUIREMENTS := tests/e2e/requirements.txt
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
 export no_proxy := $(NO_PROXY)
 
-.PHONY: run build test check fmt fmt-check clippy unit venv clean
+.PHONY: run build test check fmt fmt-check clippy unit venv clean bench lambda-package
 
 ## run: build (release) and start the gateway with its embedded backing store
 run:
@@ -44,6 +44,16 @@ $(VENV)/.installed: $(REQUIREMENTS)
 	# cargo-lambda's wheel bundles its binary; its Python dependencies are not needed.
 	$(VENV)/bin/pip install --quiet --no-deps cargo-lambda==1.9.2
 	touch $@
+
+## bench: GET throughput of the tier against Redis, the backing store and the loopback ceiling
+bench:
+	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian)"; apt-get install -y -qq redis-server; }
+	$(CARGO) build --release --bins
+	./target/release/bench --out target/bench $(BENCH_ARGS)
+
+## lambda-package: the deployable function, target/lambda/mem-function/bootstrap.zip
+lambda-package:
+	mem-function/scripts/package.sh
 
 clean:
 	$(CARGO) clean
