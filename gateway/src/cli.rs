@@ -114,8 +114,14 @@ impl Args {
         set(&mut cfg.embedded.listen, &self.embedded_listen);
         set(&mut cfg.log.format, &self.log_format);
         set(&mut cfg.functions.lambda_endpoint, &self.lambda_endpoint);
-        set(&mut cfg.functions.lambda_access_key, &self.lambda_access_key);
-        set(&mut cfg.functions.lambda_secret_key, &self.lambda_secret_key);
+        set(
+            &mut cfg.functions.lambda_access_key,
+            &self.lambda_access_key,
+        );
+        set(
+            &mut cfg.functions.lambda_secret_key,
+            &self.lambda_secret_key,
+        );
         set(&mut cfg.functions.secret, &self.function_secret);
         if !self.domains.is_empty() {
             cfg.server.domains = self

@@ -43,6 +43,8 @@ pub struct Config {
     pub tier: TierConfig,
     /// The function pool that holds the tier's chunks.
     pub functions: FunctionsConfig,
+    /// How the tier manages function memory (the policy crate).
+    pub policy: PolicySection,
 }
 
 /// The S3 endpoint and admin server.
@@ -231,6 +233,7 @@ impl Default for Config {
             log: LogConfig::default(),
             tier: TierConfig::default(),
             functions: FunctionsConfig::default(),
+            policy: PolicySection::default(),
         }
     }
 }
@@ -379,6 +382,75 @@ impl FunctionsConfig {
     }
 }
 
+/// Which memory-management policy drives the tier.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    /// InfiniStore's sliding window of function buckets.
+    #[default]
+    SlidingWindow,
+    /// InfiniCache's fixed pool: every function warmed every `active_warmup`.
+    FixedPool,
+}
+
+/// The memory-management policy (`policy` crate). Pool size, function memory and `d + p` come
+/// from `[functions]` and `[tier]`; these are the window's own parameters, InfiniStore's values
+/// by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySection {
+    /// `sliding-window` (default) or `fixed-pool`.
+    pub kind: PolicyKind,
+    /// Length of a bucket: a new one starts this often. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub bucket: Duration,
+    /// Buckets in the active window (warmed every `active_warmup`, recovered). Default 6.
+    pub active_buckets: u32,
+    /// Buckets kept in all (active + degraded); older ones expire. Default 18.
+    pub window_buckets: u32,
+    /// Warm-up interval of active functions (and of every function of a fixed pool). Default `1m`.
+    #[serde(with = "humantime_serde")]
+    pub active_warmup: Duration,
+    /// Warm-up interval of degraded functions. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub degraded_warmup: Duration,
+    /// A GET always promotes an object this many buckets old or older. Default 6.
+    pub promote_always_age: u32,
+    /// A GET promotes an object at least this old with `promote_probability`. Default 3.
+    pub promote_maybe_age: u32,
+    /// Probability of promotion between the two ages. Default 0.5.
+    pub promote_probability: f64,
+    /// Occupancy above which a function stops taking writes. Default 0.9.
+    pub stop_writes_occupancy: f64,
+    /// Functions added to the current bucket when it fills (at least d + p, at most the pool).
+    /// Default 12.
+    pub scale_step: u32,
+    /// Memory each function keeps for its runtime, MB. Default 100.
+    pub reserved_mb: u32,
+    /// Seed of the policy's randomness (jitter, promotion coin flips). Default 0.
+    pub seed: u64,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            kind: PolicyKind::SlidingWindow,
+            bucket: Duration::from_secs(600),
+            active_buckets: 6,
+            window_buckets: 18,
+            active_warmup: Duration::from_secs(60),
+            degraded_warmup: Duration::from_secs(300),
+            promote_always_age: 6,
+            promote_maybe_age: 3,
+            promote_probability: 0.5,
+            stop_writes_occupancy: 0.9,
+            scale_step: 12,
+            reserved_mb: 100,
+            seed: 0,
+        }
+    }
+}
+
 /// Errors of loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -487,13 +559,17 @@ impl Config {
         }
         let t = &self.tier;
         if t.data_chunks == 0 || t.data_chunks + t.parity_chunks > 256 {
-            return invalid("tier.data_chunks must be 1.., data_chunks + parity_chunks at most 256".into());
+            return invalid(
+                "tier.data_chunks must be 1.., data_chunks + parity_chunks at most 256".into(),
+            );
         }
         if t.chunk_size.as_u64() < 1024 || t.chunk_size.as_u64() > 64 << 20 {
             return invalid("tier.chunk_size must be between 1KiB and 64MiB".into());
         }
         if t.persist_part_size.as_u64() < 5 << 20 {
-            return invalid("tier.persist_part_size must be at least 5MiB (the S3 minimum part size)".into());
+            return invalid(
+                "tier.persist_part_size must be at least 5MiB (the S3 minimum part size)".into(),
+            );
         }
         if t.persist_concurrency == 0 {
             return invalid("tier.persist_concurrency must be at least 1".into());
@@ -508,7 +584,10 @@ impl Config {
                 ));
             }
             if !f.embedded() && f.secret.len() < 16 {
-                return invalid("functions.secret (at least 16 bytes) is required with a real Lambda endpoint".into());
+                return invalid(
+                    "functions.secret (at least 16 bytes) is required with a real Lambda endpoint"
+                        .into(),
+                );
             }
         }
         for d in &self.server.domains {

@@ -14,8 +14,8 @@ pub mod error;
 pub mod logging;
 pub mod metrics;
 pub mod middleware;
-pub mod s3;
 pub mod pool;
+pub mod s3;
 pub mod server;
 pub mod tier;
 
@@ -170,7 +170,14 @@ async fn start_tier(
     cfg: &Config,
     client: aws_sdk_s3::Client,
     registry: &mut Registry,
-) -> Result<(Arc<tier::Tier>, Arc<pool::Pool>, Option<mem_function::emulator::EmulatorHandle>), GatewayError> {
+) -> Result<
+    (
+        Arc<tier::Tier>,
+        Arc<pool::Pool>,
+        Option<mem_function::emulator::EmulatorHandle>,
+    ),
+    GatewayError,
+> {
     let f = &cfg.functions;
     let secret = if f.secret.is_empty() {
         let bytes: [u8; 32] = rand::random();
@@ -198,22 +205,48 @@ async fn start_tier(
     };
     let lambda = pool::lambda_client(f, &endpoint);
     let (pool, mut events) = pool::Pool::start(f, lambda, secret.into_bytes(), registry).await?;
-    let placer = Arc::new(tier::placement::RoundRobin::new(f.count));
+    let (manager, mut actions) = tier::manager::MemoryManager::new(cfg, registry)?;
     let tier = tier::Tier::open(
         &cfg.tier,
         &cfg.data_dir,
         client,
         Arc::new(pool::PoolStore(pool.clone())),
-        placer,
+        manager.clone(),
         registry,
     )
     .await?;
-    let weak = Arc::downgrade(&tier);
+    let occupancy_pool = Arc::downgrade(&pool);
+    manager.run(Arc::new(move || {
+        occupancy_pool
+            .upgrade()
+            .map(|p| p.occupancy())
+            .unwrap_or_default()
+    }));
+    // The policy's decisions, carried out.
+    let (weak_tier, weak_pool) = (Arc::downgrade(&tier), Arc::downgrade(&pool));
+    tokio::spawn(async move {
+        while let Some(a) = actions.recv().await {
+            let (Some(t), Some(p)) = (weak_tier.upgrade(), weak_pool.upgrade()) else {
+                return;
+            };
+            match a {
+                tier::manager::Action::Evict { bucket, key } => t.evict(&bucket, &key),
+                tier::manager::Action::Warmup(f) => p.warmup(f),
+                tier::manager::Action::Recover { function, chunks } => {
+                    t.recover(function, chunks.len())
+                }
+            }
+        }
+    });
+    // Lost functions: the policy decides whether to recover.
+    let weak_manager = Arc::downgrade(&manager);
     tokio::spawn(async move {
         while let Some(ev) = events.recv().await {
-            let Some(t) = weak.upgrade() else { return };
+            let Some(m) = weak_manager.upgrade() else {
+                return;
+            };
             match ev {
-                pool::PoolEvent::Lost(f) => t.function_lost(f),
+                pool::PoolEvent::Lost(f) => m.function_lost(f),
             }
         }
     });

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use bytes::Bytes;
-use mem_function::callback::{CallError, CallbackListener, FunctionConn, InvocationTokens, ListenerConfig};
+use mem_function::callback::{
+    CallError, CallbackListener, FunctionConn, InvocationTokens, ListenerConfig,
+};
 use mem_function::invocation::{Invocation, InvocationResponse};
 use mem_function::wire::{ByteRange, ChunkId, Command, NodeState, ViewCheck};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -48,8 +50,11 @@ pub struct PoolMetrics {
     pub invocation_failures: Counter,
     /// Functions found reclaimed (memory lost).
     pub reclaims: Counter,
+    /// Warm-up invocations sent for the policy.
+    pub warmups: Counter,
     /// Estimated billed GB-seconds (invocation time x memory, per ms).
-    pub billed_gb_seconds: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+    pub billed_gb_seconds:
+        prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
     /// Functions with a live connection.
     pub connected: Gauge,
 }
@@ -58,15 +63,32 @@ impl PoolMetrics {
     fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("gateway_function");
-        r.register("invocations", "Function invocations by command", m.invocations.clone());
-        r.register("invocation_failures", "Invocations that failed", m.invocation_failures.clone());
-        r.register("reclaims", "Functions found reclaimed by the provider (memory lost)", m.reclaims.clone());
+        r.register(
+            "invocations",
+            "Function invocations by command",
+            m.invocations.clone(),
+        );
+        r.register(
+            "invocation_failures",
+            "Invocations that failed",
+            m.invocation_failures.clone(),
+        );
+        r.register(
+            "reclaims",
+            "Functions found reclaimed by the provider (memory lost)",
+            m.reclaims.clone(),
+        );
+        r.register("warmups", "Warm-up invocations sent", m.warmups.clone());
         r.register(
             "billed_gb_seconds",
             "Estimated billed GB-seconds of invocations (1 ms granularity)",
             m.billed_gb_seconds.clone(),
         );
-        r.register("connected", "Functions with a live connection", m.connected.clone());
+        r.register(
+            "connected",
+            "Functions with a live connection",
+            m.connected.clone(),
+        );
         m
     }
 }
@@ -131,7 +153,9 @@ pub fn lambda_client(cfg: &FunctionsConfig, endpoint: &str) -> aws_sdk_lambda::C
     );
     let conf = aws_sdk_lambda::Config::builder()
         .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
-        .region(aws_sdk_lambda::config::Region::new(cfg.lambda_region.clone()))
+        .region(aws_sdk_lambda::config::Region::new(
+            cfg.lambda_region.clone(),
+        ))
         .endpoint_url(endpoint)
         .credentials_provider(creds)
         .build();
@@ -149,12 +173,13 @@ impl Pool {
         let tokens = InvocationTokens::new();
         let mut lc = ListenerConfig::new(cfg.callback_listen, secret);
         lc.tokens = Some(tokens.clone());
-        let mut listener = CallbackListener::bind_with(lc)
-            .await
-            .map_err(|source| crate::GatewayError::Bind {
-                addr: cfg.callback_listen,
-                source,
-            })?;
+        let mut listener =
+            CallbackListener::bind_with(lc)
+                .await
+                .map_err(|source| crate::GatewayError::Bind {
+                    addr: cfg.callback_listen,
+                    source,
+                })?;
         let local: SocketAddr = listener.local_addr();
         let callback = if cfg.callback_advertise.trim().is_empty() {
             local.to_string()
@@ -188,7 +213,6 @@ impl Pool {
             }
         });
         info!(callback = %pool.callback, listen = %local, functions = cfg.count, "function pool ready");
-        pool.clone().start_warmups();
         Ok((pool, rx))
     }
 
@@ -217,7 +241,10 @@ impl Pool {
     /// A dial-back arrived: it becomes the function's connection.
     fn adopt(&self, conn: FunctionConn) {
         let Some(f) = self.id_of(conn.node_id()) else {
-            warn!(node = conn.node_id(), "dial-back from an unknown node; closing it");
+            warn!(
+                node = conn.node_id(),
+                "dial-back from an unknown node; closing it"
+            );
             conn.close();
             return;
         };
@@ -281,9 +308,15 @@ impl Pool {
         tokio::spawn(async move {
             let name = self.name(f);
             let token = self.tokens.issue(&name);
-            let payload = Invocation::new(command, self.callback.clone(), name.clone(), token.clone(), view)
-                .with_idle_tail(self.cfg.idle_tail)
-                .to_json();
+            let payload = Invocation::new(
+                command,
+                self.callback.clone(),
+                name.clone(),
+                token.clone(),
+                view,
+            )
+            .with_idle_tail(self.cfg.idle_tail)
+            .to_json();
             let label = CommandLabels {
                 command: format!("{command:?}").to_ascii_lowercase(),
             };
@@ -305,8 +338,9 @@ impl Pool {
             self.tokens.revoke(&name, &token);
             match r {
                 Ok(out) if out.function_error().is_none() => {
-                    let resp: Option<InvocationResponse> =
-                        out.payload().and_then(|p| serde_json::from_slice(p.as_ref()).ok());
+                    let resp: Option<InvocationResponse> = out
+                        .payload()
+                        .and_then(|p| serde_json::from_slice(p.as_ref()).ok());
                     if let Some(resp) = resp {
                         debug!(function = %name, outcome = ?resp.outcome, ms = elapsed.as_millis() as u64, "invocation returned");
                         let mut n = lock(&self.slots[f as usize].node);
@@ -330,33 +364,39 @@ impl Pool {
         });
     }
 
-    /// Keeps functions that hold chunks warm: a cheap warm-up invocation every
-    /// `warmup_interval` for each one that has no live connection.
-    fn start_warmups(self: Arc<Self>) {
-        let weak = Arc::downgrade(&self);
-        let interval = self.cfg.warmup_interval;
-        drop(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(pool) = weak.upgrade() else { return };
-                for f in 0..pool.len() {
-                    let f = FunctionId::try_from(f).unwrap_or(FunctionId::MAX);
-                    let slot = &pool.slots[f as usize];
-                    let mut n = lock(&slot.node);
-                    let live = n.conn.as_ref().is_some_and(|c| !c.is_closed());
-                    let holds = n.view.term > 0;
-                    if holds && !live && !n.invoking {
-                        n.invoking = true;
-                        let view = n.view;
-                        drop(n);
-                        pool.clone().invoke(f, Command::Warmup, view);
-                    }
-                }
-            }
-        });
+    /// A warm-up the policy asked for: a cheap invocation unless the function is serving now
+    /// (then it is warm) or already being invoked.
+    pub fn warmup(self: &Arc<Self>, f: FunctionId) {
+        let Some(slot) = self.slots.get(f as usize) else {
+            return;
+        };
+        let mut n = lock(&slot.node);
+        let live = n
+            .conn
+            .as_ref()
+            .is_some_and(|c| !c.is_closed() && !c.is_going_away());
+        if live || n.invoking {
+            return;
+        }
+        n.invoking = true;
+        let view = n.view;
+        drop(n);
+        self.metrics.warmups.inc();
+        self.clone().invoke(f, Command::Warmup, view);
+    }
+
+    /// Bytes each function reported holding in its last acknowledgement (functions never
+    /// contacted are left out).
+    pub fn occupancy(&self) -> Vec<(FunctionId, u64)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| {
+                let n = lock(&slot.node);
+                let used = n.conn.as_ref().map(|c| c.last_ack().stats.used_bytes)?;
+                Some((FunctionId::try_from(i).ok()?, used))
+            })
+            .collect()
     }
 
     /// Per-function connection states, for the admin API and tests.
@@ -415,12 +455,21 @@ impl ChunkStore for PoolStore {
         with_conn!(self.0, f, |c| c.put_chunk(&id, data.clone())).map(|_| ())
     }
 
-    async fn get(&self, f: FunctionId, name: ChunkName, offset: u64, len: Option<u64>) -> Result<Bytes, ChunkError> {
+    async fn get(
+        &self,
+        f: FunctionId,
+        name: ChunkName,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<Bytes, ChunkError> {
         let id = chunk_id(name);
         if offset == 0 && len.is_none() {
             return with_conn!(self.0, f, |c| c.get_chunk(&id));
         }
-        let range = ByteRange { offset, length: len };
+        let range = ByteRange {
+            offset,
+            length: len,
+        };
         with_conn!(self.0, f, |c| c.get_chunk_range(&id, range)).map(|r| r.data)
     }
 

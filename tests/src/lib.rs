@@ -265,7 +265,10 @@ impl GatewayProc {
         let children = children_of(self.proc.pid());
         self.proc.kill();
         for c in children {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 
@@ -284,13 +287,24 @@ impl GatewayProc {
 /// Processes whose parent is `pid` (from /proc).
 pub fn children_of(pid: u32) -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in dir.flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
         // pid (comm) state ppid ...: comm may contain spaces, so split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-        let ppid = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok());
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok());
         if ppid == Some(pid) {
             out.push(p);
         }
@@ -302,7 +316,10 @@ pub fn children_of(pid: u32) -> Vec<i32> {
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .is_some_and(|zombie| !zombie)
 }
 
@@ -336,7 +353,11 @@ impl LambdaEmulator {
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "lambda-emulator did not start; see {}", logs.display());
+            assert!(
+                Instant::now() < deadline,
+                "lambda-emulator did not start; see {}",
+                logs.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { endpoint, proc }
@@ -351,7 +372,9 @@ impl LambdaEmulator {
 /// Asks the emulator at `endpoint` to reclaim function `name`; the HTTP status.
 pub fn reclaim(endpoint: &str, name: &str) -> u16 {
     let (host, _) = raw::split_url(endpoint);
-    let head = format!("POST /admin/functions/{name}/reclaim HTTP/1.1\nHost: {host}\nContent-Length: 0\nConnection: close\n");
+    let head = format!(
+        "POST /admin/functions/{name}/reclaim HTTP/1.1\nHost: {host}\nContent-Length: 0\nConnection: close\n"
+    );
     raw::exchange(&host, &head, &[], false).status
 }
 
@@ -440,7 +463,10 @@ impl Seaweed {
     pub async fn start(name: &str) -> Self {
         let weed = tool_or_skip(weed_bin(), "SeaweedFS `weed`").expect("weed binary");
         let logs = log_dir(name);
-        let dir = tempfile::Builder::new().prefix("weed-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("weed-test-")
+            .tempdir()
+            .expect("tempdir");
         let identities = serde_json::json!({
             "identities": [{
                 "name": "gateway",
@@ -478,7 +504,10 @@ impl Seaweed {
             "-master.telemetry=false".to_owned(),
             "-admin.ui=false".to_owned(),
             "-webdav=false".to_owned(),
-            format!("-filer.localSocket={}", dir.path().join("filer.sock").display()),
+            format!(
+                "-filer.localSocket={}",
+                dir.path().join("filer.sock").display()
+            ),
             format!("-s3.localSocket={}", dir.path().join("s3.sock").display()),
         ];
         for flag in port_flags {
@@ -504,8 +533,12 @@ impl Seaweed {
             .current_dir(self.dir.path())
             .env("NO_PROXY", "127.0.0.1,localhost")
             .stdin(Stdio::null())
-            .stdout(file(&self.logs.join(format!("weed.{generation}.stdout.log"))))
-            .stderr(file(&self.logs.join(format!("weed.{generation}.stderr.log"))));
+            .stdout(file(
+                &self.logs.join(format!("weed.{generation}.stdout.log")),
+            ))
+            .stderr(file(
+                &self.logs.join(format!("weed.{generation}.stderr.log")),
+            ));
         Proc::spawn(cmd, &format!("weed ({})", self.name))
     }
 
@@ -516,8 +549,16 @@ impl Seaweed {
             if client.list_buckets().send().await.is_ok() {
                 return;
             }
-            assert!(self.proc.is_running(), "weed exited; see {}", self.logs.display());
-            assert!(Instant::now() < deadline, "weed did not answer; see {}", self.logs.display());
+            assert!(
+                self.proc.is_running(),
+                "weed exited; see {}",
+                self.logs.display()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "weed did not answer; see {}",
+                self.logs.display()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

@@ -10,8 +10,8 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use integration_tests::{
-    Backend, GatewayOptions, GatewayProc, LambdaEmulator, Seaweed, free_port, md5_hex, payload, s3_client,
-    tool_or_skip, unique_bucket, weed_bin,
+    Backend, GatewayOptions, GatewayProc, LambdaEmulator, Seaweed, free_port, md5_hex, payload,
+    s3_client, tool_or_skip, unique_bucket, weed_bin,
 };
 use proptest::prelude::*;
 
@@ -46,14 +46,23 @@ fn metric(gw: &GatewayProc, name: &str) -> f64 {
 async fn wait_persisted(gw: &GatewayProc, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while metric(gw, "gateway_tier_dirty_objects") > 0.0 {
-        assert!(Instant::now() < deadline, "writes not persisted within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "writes not persisted within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn get_bytes(c: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
     match c.get_object().bucket(bucket).key(key).send().await {
-        Ok(o) => Ok(o.body.collect().await.map_err(|e| e.to_string())?.into_bytes().to_vec()),
+        Ok(o) => Ok(o
+            .body
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_bytes()
+            .to_vec()),
         Err(e) => Err(e.code().unwrap_or("?").to_owned()),
     }
 }
@@ -66,7 +75,13 @@ async fn put(c: &Client, bucket: &str, key: &str, data: &[u8]) -> Result<String,
         .send()
         .await
         .map(|o| o.e_tag.unwrap_or_default())
-        .map_err(|e| format!("{}: {}", e.code().unwrap_or("?"), e.message().unwrap_or_default()))
+        .map_err(|e| {
+            format!(
+                "{}: {}",
+                e.code().unwrap_or("?"),
+                e.message().unwrap_or_default()
+            )
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -80,7 +95,12 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     let key = 0usize..4;
-    let size = prop_oneof![Just(0usize), Just(700), 1024usize..5000, 15_000usize..70_000];
+    let size = prop_oneof![
+        Just(0usize),
+        Just(700),
+        1024usize..5000,
+        15_000usize..70_000
+    ];
     prop_oneof![
         3 => (key.clone(), size, any::<u64>()).prop_map(|(key, size, seed)| Op::Put { key, size, seed }),
         3 => key.clone().prop_map(|key| Op::Get { key }),
@@ -97,15 +117,24 @@ async fn run_ops(c: &Client, bucket: &str, ops: &[Op]) -> HashMap<String, Vec<u8
             Op::Put { key, size, seed } => {
                 let k = format!("k{key}");
                 let data = payload(*size, *seed);
-                let etag = put(c, bucket, &k, &data).await.unwrap_or_else(|e| panic!("op {i} {op:?}: {e}"));
-                assert_eq!(etag.trim_matches('"'), md5_hex(&data), "op {i} {op:?}: etag");
+                let etag = put(c, bucket, &k, &data)
+                    .await
+                    .unwrap_or_else(|e| panic!("op {i} {op:?}: {e}"));
+                assert_eq!(
+                    etag.trim_matches('"'),
+                    md5_hex(&data),
+                    "op {i} {op:?}: etag"
+                );
                 model.insert(k, data);
             }
             Op::Get { key } => {
                 let k = format!("k{key}");
                 let got = get_bytes(c, bucket, &k).await;
                 match model.get(&k) {
-                    Some(want) => assert!(got.as_ref().is_ok_and(|g| g == want), "op {i} {op:?}: bytes differ"),
+                    Some(want) => assert!(
+                        got.as_ref().is_ok_and(|g| g == want),
+                        "op {i} {op:?}: bytes differ"
+                    ),
                     None => assert_eq!(got, Err("NoSuchKey".to_owned()), "op {i} {op:?}"),
                 }
             }
@@ -129,7 +158,10 @@ async fn run_ops(c: &Client, bucket: &str, ops: &[Op]) -> HashMap<String, Vec<u8
                             "op {i} {op:?}"
                         );
                         let got = r.body.collect().await.unwrap().into_bytes();
-                        assert!(got.as_ref() == &want[start..=end], "op {i} {op:?}: range bytes differ");
+                        assert!(
+                            got.as_ref() == &want[start..=end],
+                            "op {i} {op:?}: range bytes differ"
+                        );
                     }
                     Some(_) => {}
                     None => assert_eq!(get_bytes(c, bucket, &k).await, Err("NoSuchKey".to_owned())),
@@ -142,7 +174,10 @@ async fn run_ops(c: &Client, bucket: &str, ops: &[Op]) -> HashMap<String, Vec<u8
                     Some(want) => {
                         let h = h.unwrap_or_else(|e| panic!("op {i} {op:?}: {e:?}"));
                         assert_eq!(h.content_length, Some(want.len() as i64), "op {i} {op:?}");
-                        assert_eq!(h.e_tag.as_deref().map(|e| e.trim_matches('"').to_owned()), Some(md5_hex(want)));
+                        assert_eq!(
+                            h.e_tag.as_deref().map(|e| e.trim_matches('"').to_owned()),
+                            Some(md5_hex(want))
+                        );
                     }
                     None => assert!(h.is_err(), "op {i} {op:?}: deleted key answered HEAD"),
                 }
@@ -167,13 +202,20 @@ async fn run_ops(c: &Client, bucket: &str, ops: &[Op]) -> HashMap<String, Vec<u8
 /// backing store) holds exactly the model.
 #[test]
 fn model_based_operations_match_an_in_memory_model() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let backend_port = free_port();
     let gw = GatewayProc::start_with(
         "tier_model",
         &Backend::Embedded,
         GatewayOptions {
-            env: vec![("GATEWAY_EMBEDDED_LISTEN".into(), format!("127.0.0.1:{backend_port}"))],
+            env: vec![(
+                "GATEWAY_EMBEDDED_LISTEN".into(),
+                format!("127.0.0.1:{backend_port}"),
+            )],
             config: Some(tier_config("")),
             ..Default::default()
         },
@@ -195,15 +237,27 @@ fn model_based_operations_match_an_in_memory_model() {
             client.create_bucket().bucket(&bucket).send().await.unwrap();
             let model = run_ops(&client, &bucket, &ops).await;
             wait_persisted(&gw, Duration::from_secs(30)).await;
-            let listed = direct.list_objects_v2().bucket(&bucket).send().await.unwrap();
-            let mut keys: Vec<_> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+            let listed = direct
+                .list_objects_v2()
+                .bucket(&bucket)
+                .send()
+                .await
+                .unwrap();
+            let mut keys: Vec<_> = listed
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned))
+                .collect();
             keys.sort();
             let mut want: Vec<_> = model.keys().cloned().collect();
             want.sort();
             assert_eq!(keys, want, "bucket keys after persistence");
             for (k, v) in &model {
                 let got = get_bytes(&direct, &bucket, k).await;
-                assert!(got.as_ref().is_ok_and(|g| g == v), "bucket copy of {k} differs");
+                assert!(
+                    got.as_ref().is_ok_and(|g| g == v),
+                    "bucket copy of {k} differs"
+                );
             }
         });
         Ok(())
@@ -211,7 +265,10 @@ fn model_based_operations_match_an_in_memory_model() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    assert!(metric(&gw, "gateway_tier_hits_total") > 0.0, "some reads came from function memory");
+    assert!(
+        metric(&gw, "gateway_tier_hits_total") > 0.0,
+        "some reads came from function memory"
+    );
     assert!(metric(&gw, "gateway_tier_admitted_total") > 0.0);
     assert_eq!(metric(&gw, "gateway_tier_admission_failures_total"), 0.0);
 }
@@ -253,7 +310,11 @@ async fn reads_survive_p_reclaimed_functions() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let (k, v) = &objects[(n + r) % objects.len()];
                 let got = get_bytes(&c, &bucket, k).await;
-                assert!(got.as_ref().is_ok_and(|g| g == v), "GET {k} failed or differs: {:?}", got.err());
+                assert!(
+                    got.as_ref().is_ok_and(|g| g == v),
+                    "GET {k} failed or differs: {:?}",
+                    got.err()
+                );
                 n += 1;
             }
             n
@@ -278,8 +339,14 @@ async fn reads_survive_p_reclaimed_functions() {
         total += r.await.expect("reader");
     }
     assert!(total > 8, "readers made progress ({total} GETs)");
-    assert!(metric(&gw, "gateway_tier_decodes_total") > 0.0, "pieces were rebuilt from parity");
-    assert!(metric(&gw, "gateway_function_reclaims_total") >= 1.0, "the reclaims were detected");
+    assert!(
+        metric(&gw, "gateway_tier_decodes_total") > 0.0,
+        "pieces were rebuilt from parity"
+    );
+    assert!(
+        metric(&gw, "gateway_function_reclaims_total") >= 1.0,
+        "the reclaims were detected"
+    );
     drop(emu);
 }
 
@@ -298,7 +365,11 @@ async fn acknowledged_writes_survive_kill_9_of_everything() {
         config: Some(tier_config("")),
         ..Default::default()
     };
-    let mut gw = GatewayProc::start_with("tier_kill9", &Backend::External(weed.s3_url.clone()), opts());
+    let mut gw = GatewayProc::start_with(
+        "tier_kill9",
+        &Backend::External(weed.s3_url.clone()),
+        opts(),
+    );
     let c = gw.client();
     let bucket = unique_bucket("kill9");
     c.create_bucket().bucket(&bucket).send().await.unwrap();
@@ -306,31 +377,57 @@ async fn acknowledged_writes_survive_kill_9_of_everything() {
     let weed_pid = nix::unistd::Pid::from_raw(weed.proc.pid() as i32);
     nix::sys::signal::killpg(weed_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let objects: Vec<(String, Vec<u8>)> = (0..5)
-        .map(|i| (format!("acked/{i}"), payload(20_000 + i * 30_000, 100 + i as u64)))
+        .map(|i| {
+            (
+                format!("acked/{i}"),
+                payload(20_000 + i * 30_000, 100 + i as u64),
+            )
+        })
         .collect();
     for (k, v) in &objects {
-        put(&c, &bucket, k, v).await.unwrap_or_else(|e| panic!("PUT {k}: {e}"));
+        put(&c, &bucket, k, v)
+            .await
+            .unwrap_or_else(|e| panic!("PUT {k}: {e}"));
     }
-    assert_eq!(metric(&gw, "gateway_tier_dirty_objects"), 5.0, "acknowledged, not yet in the bucket");
+    assert_eq!(
+        metric(&gw, "gateway_tier_dirty_objects"),
+        5.0,
+        "acknowledged, not yet in the bucket"
+    );
     let functions = integration_tests::children_of(gw.proc.pid());
     assert!(!functions.is_empty(), "function processes were started");
     gw.kill_all();
     tokio::time::sleep(Duration::from_millis(200)).await;
     for p in &functions {
-        assert!(!integration_tests::alive(*p), "function process {p} survived");
+        assert!(
+            !integration_tests::alive(*p),
+            "function process {p} survived"
+        );
     }
     nix::sys::signal::killpg(weed_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
 
-    let gw = GatewayProc::start_with("tier_kill9_restart", &Backend::External(weed.s3_url.clone()), opts());
+    let gw = GatewayProc::start_with(
+        "tier_kill9_restart",
+        &Backend::External(weed.s3_url.clone()),
+        opts(),
+    );
     wait_persisted(&gw, Duration::from_secs(60)).await;
     let direct = weed.client();
     for (k, v) in &objects {
         let got = get_bytes(&direct, &bucket, k).await;
-        assert!(got.as_ref().is_ok_and(|g| g == v), "{k} in the bucket: {:?}", got.err());
+        assert!(
+            got.as_ref().is_ok_and(|g| g == v),
+            "{k} in the bucket: {:?}",
+            got.err()
+        );
     }
     // And through the gateway.
     for (k, v) in &objects {
-        assert!(get_bytes(&gw.client(), &bucket, k).await.is_ok_and(|g| &g == v));
+        assert!(
+            get_bytes(&gw.client(), &bucket, k)
+                .await
+                .is_ok_and(|g| &g == v)
+        );
     }
 }
 
@@ -347,7 +444,9 @@ async fn backing_store_outage() {
         "tier_outage",
         &Backend::External(weed.s3_url.clone()),
         GatewayOptions {
-            config: Some(tier_config("journal_capacity = \"600KiB\"\njournal_wait = \"1s\"")),
+            config: Some(tier_config(
+                "journal_capacity = \"600KiB\"\njournal_wait = \"1s\"",
+            )),
             ..Default::default()
         },
     );
@@ -359,15 +458,29 @@ async fn backing_store_outage() {
     wait_persisted(&gw, Duration::from_secs(30)).await;
 
     weed.stop();
-    assert_eq!(get_bytes(&c, &bucket, "a").await.as_ref().ok(), Some(&a), "cached object served");
+    assert_eq!(
+        get_bytes(&c, &bucket, "a").await.as_ref().ok(),
+        Some(&a),
+        "cached object served"
+    );
     let b = payload(200_000, 2);
     let d = payload(200_000, 3);
-    put(&c, &bucket, "b", &b).await.expect("acknowledged while the bucket is down");
-    put(&c, &bucket, "d", &d).await.expect("acknowledged while the bucket is down");
+    put(&c, &bucket, "b", &b)
+        .await
+        .expect("acknowledged while the bucket is down");
+    put(&c, &bucket, "d", &d)
+        .await
+        .expect("acknowledged while the bucket is down");
     let e = payload(300_000, 4);
-    let err = put(&c, &bucket, "e", &e).await.expect_err("past the journal bound");
+    let err = put(&c, &bucket, "e", &e)
+        .await
+        .expect_err("past the journal bound");
     assert!(err.starts_with("SlowDown"), "{err}");
-    assert_eq!(get_bytes(&c, &bucket, "b").await.as_ref().ok(), Some(&b), "unpersisted object served");
+    assert_eq!(
+        get_bytes(&c, &bucket, "b").await.as_ref().ok(),
+        Some(&b),
+        "unpersisted object served"
+    );
     let list = c.list_objects_v2().bucket(&bucket).send().await;
     assert!(list.is_err(), "a listing needs the bucket");
 
@@ -376,7 +489,14 @@ async fn backing_store_outage() {
     let direct = weed.client();
     for (k, v) in [("a", &a), ("b", &b), ("d", &d)] {
         let got = get_bytes(&direct, &bucket, k).await;
-        assert!(got.as_ref().is_ok_and(|g| g == v), "{k} in the bucket: {:?}", got.err());
+        assert!(
+            got.as_ref().is_ok_and(|g| g == v),
+            "{k} in the bucket: {:?}",
+            got.err()
+        );
     }
-    assert_eq!(get_bytes(&direct, &bucket, "e").await, Err("NoSuchKey".to_owned()));
+    assert_eq!(
+        get_bytes(&direct, &bucket, "e").await,
+        Err("NoSuchKey".to_owned())
+    );
 }

@@ -14,6 +14,7 @@ pub(super) async fn copy_object(
     if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
         gw.settle(bucket, &[key.as_ref()], false).await?;
     }
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true).await?;
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true)
+        .await?;
     proxied!(gw, copy_object, req, CopyObjectError)
 }

@@ -21,7 +21,8 @@ pub(super) async fn delete_object(
         }
         tier.invalidate(&req.input.bucket, &req.input.key);
     } else {
-        gw.settle(&req.input.bucket, &[req.input.key.as_str()], true).await?;
+        gw.settle(&req.input.bucket, &[req.input.key.as_str()], true)
+            .await?;
     }
     proxied!(gw, delete_object, req, DeleteObjectError)
 }
@@ -63,7 +64,10 @@ pub(super) async fn delete_objects(
         proxied!(gw, delete_objects, req, DeleteObjectsError)?
     };
     if !quiet && !journaled.is_empty() {
-        resp.output.deleted.get_or_insert_with(Vec::new).extend(journaled);
+        resp.output
+            .deleted
+            .get_or_insert_with(Vec::new)
+            .extend(journaled);
     }
     Ok(resp)
 }

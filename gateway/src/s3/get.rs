@@ -7,18 +7,25 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use super::conditions::conditions_of;
 use super::{Gateway, proxied, tiered};
+use crate::error::{not_found_as, upstream_error};
 use crate::tier::index::{CachedObject, Slot};
 use crate::tier::{Range, Tier};
-use crate::error::{not_found_as, upstream_error};
 
-pub(super) async fn get_object(gw: &Gateway, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+pub(super) async fn get_object(
+    gw: &Gateway,
+    req: S3Request<GetObjectInput>,
+) -> S3Result<S3Response<GetObjectOutput>> {
     let cond = conditions_of!(req.input);
     let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
-    let plain = req.input.part_number.is_none() && req.input.version_id.is_none() && req.input.sse_customer_key.is_none();
+    let plain = req.input.part_number.is_none()
+        && req.input.version_id.is_none()
+        && req.input.sse_customer_key.is_none();
     if let Some(tier) = &gw.tier {
         match tier.lookup(&bucket, &key) {
             Some(Slot::Deleted { .. }) => return Err(no_such_key()),
-            Some(Slot::Object(obj)) if plain => return serve_from_tier(tier, &bucket, &key, obj, &req.input, &cond),
+            Some(Slot::Object(obj)) if plain => {
+                return serve_from_tier(tier, &bucket, &key, obj, &req.input, &cond);
+            }
             // partNumber and versions are the bucket copy's business: it must be current.
             Some(Slot::Object(_)) => gw.settle(&bucket, &[key.as_str()], false).await?,
             None => {}
@@ -29,9 +36,16 @@ pub(super) async fn get_object(gw: &Gateway, req: S3Request<GetObjectInput>) -> 
         Ok(r) => r,
         Err(e) => return Err(missing_bucket_or(gw, &bucket, e).await),
     };
-    cond.check(resp.output.e_tag.as_ref(), resp.output.last_modified.as_ref())?;
+    cond.check(
+        resp.output.e_tag.as_ref(),
+        resp.output.last_modified.as_ref(),
+    )?;
     if let Some(tier) = &gw.tier {
-        let len = resp.output.content_length.and_then(|l| u64::try_from(l).ok()).unwrap_or(0);
+        let len = resp
+            .output
+            .content_length
+            .and_then(|l| u64::try_from(l).ok())
+            .unwrap_or(0);
         tier.metrics().misses.inc();
         tier.metrics().bytes_from_bucket.inc_by(len);
         if whole
@@ -60,7 +74,10 @@ fn serve_from_tier(
     cond: &super::conditions::Conditions,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let last_modified = tiered::timestamp_ms(obj.meta.last_modified_ms);
-    cond.check(Some(&ETag::Strong(obj.meta.etag.clone())), Some(&last_modified))?;
+    cond.check(
+        Some(&ETag::Strong(obj.meta.etag.clone())),
+        Some(&last_modified),
+    )?;
     let size = obj.size;
     let span = match &input.range {
         None => 0..size,
@@ -70,7 +87,12 @@ fn serve_from_tier(
     };
     let mut out = tiered::get_output(&obj.meta, span.end - span.start);
     if input.range.is_some() {
-        out.content_range = Some(format!("bytes {}-{}/{}", span.start, span.end.saturating_sub(1), size));
+        out.content_range = Some(format!(
+            "bytes {}-{}/{}",
+            span.start,
+            span.end.saturating_sub(1),
+            size
+        ));
     }
     if obj.layout.is_some() {
         tier.metrics().hits.inc();
@@ -93,25 +115,37 @@ fn serve_from_tier(
     Ok(resp)
 }
 
-pub(super) async fn head_object(gw: &Gateway, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+pub(super) async fn head_object(
+    gw: &Gateway,
+    req: S3Request<HeadObjectInput>,
+) -> S3Result<S3Response<HeadObjectOutput>> {
     let cond = conditions_of!(req.input);
-    let plain = req.input.part_number.is_none() && req.input.version_id.is_none() && req.input.sse_customer_key.is_none();
+    let plain = req.input.part_number.is_none()
+        && req.input.version_id.is_none()
+        && req.input.sse_customer_key.is_none();
     if let Some(tier) = &gw.tier {
         match tier.lookup(&req.input.bucket, &req.input.key) {
             Some(Slot::Deleted { .. }) => return Err(no_such_key()),
             Some(Slot::Object(obj)) if plain => {
                 let last_modified = tiered::timestamp_ms(obj.meta.last_modified_ms);
-                cond.check(Some(&ETag::Strong(obj.meta.etag.clone())), Some(&last_modified))?;
+                cond.check(
+                    Some(&ETag::Strong(obj.meta.etag.clone())),
+                    Some(&last_modified),
+                )?;
                 return Ok(S3Response::new(tiered::head_output(&obj.meta, obj.size)));
             }
             Some(Slot::Object(_)) => {
-                gw.settle(&req.input.bucket, &[req.input.key.as_str()], false).await?;
+                gw.settle(&req.input.bucket, &[req.input.key.as_str()], false)
+                    .await?;
             }
             None => {}
         }
     }
     let resp = proxied!(gw, head_object, req, HeadObjectError)?;
-    cond.check(resp.output.e_tag.as_ref(), resp.output.last_modified.as_ref())?;
+    cond.check(
+        resp.output.e_tag.as_ref(),
+        resp.output.last_modified.as_ref(),
+    )?;
     Ok(resp)
 }
 
@@ -193,7 +227,8 @@ pub(super) async fn get_object_attributes(
 ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
     let input = req.input;
     let want = wanted(&input.object_attributes)?;
-    gw.settle(&input.bucket, &[input.key.as_str()], false).await?;
+    gw.settle(&input.bucket, &[input.key.as_str()], false)
+        .await?;
     let head = |part: Option<i32>| {
         let mut h = gw
             .client

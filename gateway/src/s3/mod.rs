@@ -45,7 +45,11 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway in front of the store `client` talks to, reporting `region`, with the tier
     /// in front of it when given.
-    pub fn new(client: aws_sdk_s3::Client, region: String, tier: Option<std::sync::Arc<crate::tier::Tier>>) -> Self {
+    pub fn new(
+        client: aws_sdk_s3::Client,
+        region: String,
+        tier: Option<std::sync::Arc<crate::tier::Tier>>,
+    ) -> Self {
         Self {
             proxy: s3s_aws::Proxy::from(client.clone()),
             client,
@@ -57,8 +61,15 @@ impl Gateway {
     /// Before the bucket copy of these keys is changed or read by an operation passed straight
     /// to the bucket: their unpersisted writes go first, and the tier forgets them if
     /// `invalidate`.
-    pub(crate) async fn settle(&self, bucket: &str, keys: &[&str], invalidate: bool) -> s3s::S3Result<()> {
-        let Some(tier) = &self.tier else { return Ok(()) };
+    pub(crate) async fn settle(
+        &self,
+        bucket: &str,
+        keys: &[&str],
+        invalidate: bool,
+    ) -> s3s::S3Result<()> {
+        let Some(tier) = &self.tier else {
+            return Ok(());
+        };
         let owned: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         tier.flush(bucket, &owned).await?;
         if invalidate {

@@ -46,7 +46,8 @@ pub(super) async fn complete_multipart_upload(
     gw: &Gateway,
     req: S3Request<CompleteMultipartUploadInput>,
 ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true).await?;
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true)
+        .await?;
     proxied!(
         gw,
         complete_multipart_upload,

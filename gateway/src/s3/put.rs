@@ -28,7 +28,9 @@ pub(super) async fn put_object(
             .body
             .take()
             .unwrap_or_else(|| StreamingBlob::from(s3s::Body::empty()));
-        let stored = tier.put(&req.input.bucket, &req.input.key, len, meta, body, check).await?;
+        let stored = tier
+            .put(&req.input.bucket, &req.input.key, len, meta, body, check)
+            .await?;
         let mut out = PutObjectOutput {
             e_tag: Some(ETag::Strong(stored.etag.clone())),
             ..Default::default()
@@ -46,7 +48,8 @@ pub(super) async fn put_object(
         }
         return Ok(S3Response::new(out));
     }
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true).await?;
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true)
+        .await?;
     proxied!(gw, put_object, req, PutObjectError)
 }
 

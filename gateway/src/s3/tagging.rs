@@ -13,7 +13,8 @@ pub(super) async fn get_object_tagging(
     gw: &Gateway,
     req: S3Request<GetObjectTaggingInput>,
 ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false).await?;
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false)
+        .await?;
     proxied!(gw, get_object_tagging, req, GetObjectTaggingError)
 }
 
@@ -21,7 +22,8 @@ pub(super) async fn put_object_tagging(
     gw: &Gateway,
     req: S3Request<PutObjectTaggingInput>,
 ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false).await?;
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false)
+        .await?;
     proxied!(gw, put_object_tagging, req, PutObjectTaggingError)
 }
 
@@ -29,6 +31,7 @@ pub(super) async fn delete_object_tagging(
     gw: &Gateway,
     req: S3Request<DeleteObjectTaggingInput>,
 ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false).await?;
+    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false)
+        .await?;
     proxied!(gw, delete_object_tagging, req, DeleteObjectTaggingError)
 }

@@ -57,7 +57,12 @@ pub fn meta_from_put(input: &PutObjectInput, content_encoding: Option<String>) -
         cache_control: input.cache_control.clone(),
         expires: input.expires.as_ref().and_then(fmt_http_date),
         website_redirect_location: input.website_redirect_location.clone(),
-        metadata: input.metadata.clone().unwrap_or_default().into_iter().collect(),
+        metadata: input
+            .metadata
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         tagging: input.tagging.clone(),
         storage_class: input.storage_class.as_ref().map(|s| s.as_str().to_owned()),
         ..Default::default()
@@ -67,7 +72,11 @@ pub fn meta_from_put(input: &PutObjectInput, content_encoding: Option<String>) -
 /// The metadata of an object read from the bucket.
 pub fn meta_from_get(out: &GetObjectOutput) -> ObjectMeta {
     ObjectMeta {
-        etag: out.e_tag.as_ref().map(|e| e.value().to_owned()).unwrap_or_default(),
+        etag: out
+            .e_tag
+            .as_ref()
+            .map(|e| e.value().to_owned())
+            .unwrap_or_default(),
         last_modified_ms: out
             .last_modified
             .clone()
@@ -83,7 +92,12 @@ pub fn meta_from_get(out: &GetObjectOutput) -> ObjectMeta {
         cache_control: out.cache_control.clone(),
         expires: out.expires.as_ref().and_then(fmt_http_date),
         website_redirect_location: out.website_redirect_location.clone(),
-        metadata: out.metadata.clone().unwrap_or_default().into_iter().collect(),
+        metadata: out
+            .metadata
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         tagging: None,
         storage_class: out.storage_class.as_ref().map(|s| s.as_str().to_owned()),
         part_size: 0,

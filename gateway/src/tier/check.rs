@@ -50,14 +50,21 @@ impl BodyCheck {
 
     /// From a PutObject request: the algorithms named by `x-amz-sdk-checksum-algorithm`,
     /// `x-amz-trailer` and any checksum header present.
-    pub fn for_put(input: &PutObjectInput, headers: &HeaderMap, trailers: Option<TrailingHeaders>) -> Self {
+    pub fn for_put(
+        input: &PutObjectInput,
+        headers: &HeaderMap,
+        trailers: Option<TrailingHeaders>,
+    ) -> Self {
         let mut hasher = ChecksumHasher::default();
         if let Some(a) = &input.checksum_algorithm {
             enable(&mut hasher, a.as_str());
         }
         if let Some(t) = headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()) {
             for name in t.split(',').map(str::trim) {
-                if let Some((alg, _)) = ALGORITHMS.iter().find(|(_, h)| h.eq_ignore_ascii_case(name)) {
+                if let Some((alg, _)) = ALGORITHMS
+                    .iter()
+                    .find(|(_, h)| h.eq_ignore_ascii_case(name))
+                {
                     enable(&mut hasher, alg);
                 }
             }
@@ -109,17 +116,31 @@ impl BodyCheck {
         let mut declared = self.declared.clone();
         if let Some(t) = self.trailers.as_ref().and_then(TrailingHeaders::take) {
             let get = |name: &str| t.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            declared.checksum_crc32 = declared.checksum_crc32.or_else(|| get("x-amz-checksum-crc32"));
-            declared.checksum_crc32c = declared.checksum_crc32c.or_else(|| get("x-amz-checksum-crc32c"));
-            declared.checksum_crc64nvme = declared.checksum_crc64nvme.or_else(|| get("x-amz-checksum-crc64nvme"));
-            declared.checksum_sha1 = declared.checksum_sha1.or_else(|| get("x-amz-checksum-sha1"));
-            declared.checksum_sha256 = declared.checksum_sha256.or_else(|| get("x-amz-checksum-sha256"));
+            declared.checksum_crc32 = declared
+                .checksum_crc32
+                .or_else(|| get("x-amz-checksum-crc32"));
+            declared.checksum_crc32c = declared
+                .checksum_crc32c
+                .or_else(|| get("x-amz-checksum-crc32c"));
+            declared.checksum_crc64nvme = declared
+                .checksum_crc64nvme
+                .or_else(|| get("x-amz-checksum-crc64nvme"));
+            declared.checksum_sha1 = declared
+                .checksum_sha1
+                .or_else(|| get("x-amz-checksum-sha1"));
+            declared.checksum_sha256 = declared
+                .checksum_sha256
+                .or_else(|| get("x-amz-checksum-sha256"));
         }
         let got = self.hasher.finalize();
         for (name, want, have) in [
             ("CRC32", &declared.checksum_crc32, &got.checksum_crc32),
             ("CRC32C", &declared.checksum_crc32c, &got.checksum_crc32c),
-            ("CRC64NVME", &declared.checksum_crc64nvme, &got.checksum_crc64nvme),
+            (
+                "CRC64NVME",
+                &declared.checksum_crc64nvme,
+                &got.checksum_crc64nvme,
+            ),
             ("SHA1", &declared.checksum_sha1, &got.checksum_sha1),
             ("SHA256", &declared.checksum_sha256, &got.checksum_sha256),
         ] {
@@ -157,7 +178,11 @@ mod tests {
 
     #[test]
     fn detects_mismatches() {
-        let mut input = PutObjectInput::builder().bucket("b".into()).key("k".into()).build().unwrap();
+        let mut input = PutObjectInput::builder()
+            .bucket("b".into())
+            .key("k".into())
+            .build()
+            .unwrap();
         input.checksum_crc32 = Some("AAAAAA==".into());
         let mut c = BodyCheck::for_put(&input, &HeaderMap::new(), None);
         c.update(b"hello");
@@ -165,7 +190,8 @@ mod tests {
         assert!(c.verify(&md5).is_err());
 
         // CRC32("hello") = 0x3610a686
-        input.checksum_crc32 = Some(base64::engine::general_purpose::STANDARD.encode(0x3610_a686u32.to_be_bytes()));
+        input.checksum_crc32 =
+            Some(base64::engine::general_purpose::STANDARD.encode(0x3610_a686u32.to_be_bytes()));
         input.content_md5 = Some(base64::engine::general_purpose::STANDARD.encode(md5));
         let mut c = BodyCheck::for_put(&input, &HeaderMap::new(), None);
         c.update(b"hello");

@@ -45,7 +45,13 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Stores a chunk on function `f`.
     async fn put(&self, f: FunctionId, name: ChunkName, data: Bytes) -> Result<(), ChunkError>;
     /// Reads `len` bytes (all when `None`) from `offset` of a chunk on function `f`.
-    async fn get(&self, f: FunctionId, name: ChunkName, offset: u64, len: Option<u64>) -> Result<Bytes, ChunkError>;
+    async fn get(
+        &self,
+        f: FunctionId,
+        name: ChunkName,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<Bytes, ChunkError>;
     /// Deletes a chunk from function `f` (absent is fine).
     async fn delete(&self, f: FunctionId, name: ChunkName) -> Result<(), ChunkError>;
 }
@@ -130,7 +136,10 @@ pub async fn get_piece(
             async move {
                 let r = match tokio::time::timeout(timeout, store.get(f, name, 0, None)).await {
                     Ok(r) => r,
-                    Err(_) => Err(ChunkError::Unavailable(f, format!("no answer within {timeout:?}"))),
+                    Err(_) => Err(ChunkError::Unavailable(
+                        f,
+                        format!("no answer within {timeout:?}"),
+                    )),
                 };
                 (i, r)
             }
@@ -140,7 +149,9 @@ pub async fn get_piece(
     let chunk_len = codec.chunk_len(piece_len);
     let mut have: Vec<(usize, Bytes)> = Vec::with_capacity(codec.total());
     let mut failures = Vec::new();
-    let accept = |(i, r): (usize, Result<Bytes, ChunkError>), have: &mut Vec<(usize, Bytes)>, failures: &mut Vec<ChunkError>| match r {
+    let accept = |(i, r): (usize, Result<Bytes, ChunkError>),
+                  have: &mut Vec<(usize, Bytes)>,
+                  failures: &mut Vec<ChunkError>| match r {
         Ok(b) if b.len() == chunk_len => have.push((i, b)),
         Ok(b) => failures.push(ChunkError::Unavailable(
             functions[i],
@@ -191,7 +202,12 @@ pub async fn get_piece(
     let given = have;
     let decoded = tokio::task::spawn_blocking(move || codec.decode(piece_len, &given))
         .await
-        .map_err(|e| (EcError::BadChunk(format!("decoder task: {e}")), failures.clone()))?;
+        .map_err(|e| {
+            (
+                EcError::BadChunk(format!("decoder task: {e}")),
+                failures.clone(),
+            )
+        })?;
     match decoded {
         Ok(data) => Ok(PieceRead {
             parts: vec![data],

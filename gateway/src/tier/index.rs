@@ -94,18 +94,29 @@ pub struct FillTicket {
 
 impl Index {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// What the index knows of a key.
     pub fn get(&self, bucket: &str, key: &str) -> Option<Slot> {
-        self.lock().slots.get(&(bucket.to_owned(), key.to_owned())).cloned()
+        self.lock()
+            .slots
+            .get(&(bucket.to_owned(), key.to_owned()))
+            .cloned()
     }
 
     /// Records a write or delete of the key (journal record `seq`): installs `slot` unless a
     /// newer record is already installed. Returns the object it replaced (to free its chunks),
     /// or gives `slot` back when it lost to a newer one.
-    pub fn write(&self, bucket: &str, key: &str, seq: u64, slot: Slot) -> Result<Option<Arc<CachedObject>>, Slot> {
+    pub fn write(
+        &self,
+        bucket: &str,
+        key: &str,
+        seq: u64,
+        slot: Slot,
+    ) -> Result<Option<Arc<CachedObject>>, Slot> {
         let mut g = self.lock();
         let k = (bucket.to_owned(), key.to_owned());
         let newer = match g.slots.get(&k) {
@@ -176,7 +187,9 @@ impl Index {
     pub fn drop_layout(&self, bucket: &str, key: &str, id: u128) -> bool {
         let mut g = self.lock();
         let k = (bucket.to_owned(), key.to_owned());
-        let Some(Slot::Object(o)) = g.slots.get(&k) else { return false };
+        let Some(Slot::Object(o)) = g.slots.get(&k) else {
+            return false;
+        };
         if o.id != id {
             return false;
         }
@@ -242,7 +255,11 @@ impl Index {
             .slots
             .iter()
             .filter_map(|((b, k), s)| match s {
-                Slot::Object(o) if o.layout.as_ref().is_some_and(|l| l.functions.iter().any(|p| p.contains(&f))) => {
+                Slot::Object(o)
+                    if o.layout
+                        .as_ref()
+                        .is_some_and(|l| l.functions.iter().any(|p| p.contains(&f))) =>
+                {
                     Some((b.clone(), k.clone(), o.clone()))
                 }
                 _ => None,
@@ -254,7 +271,9 @@ impl Index {
     pub fn set_layout(&self, bucket: &str, key: &str, id: u128, layout: Layout) -> bool {
         let mut g = self.lock();
         let k = (bucket.to_owned(), key.to_owned());
-        let Some(Slot::Object(o)) = g.slots.get(&k) else { return false };
+        let Some(Slot::Object(o)) = g.slots.get(&k) else {
+            return false;
+        };
         if o.id != id {
             return false;
         }
@@ -301,11 +320,21 @@ mod tests {
     #[test]
     fn newer_writes_win() {
         let ix = Index::default();
-        assert!(ix.write("b", "k", 5, Slot::Object(Arc::new(obj(1, Some(5))))).unwrap().is_none());
+        assert!(
+            ix.write("b", "k", 5, Slot::Object(Arc::new(obj(1, Some(5)))))
+                .unwrap()
+                .is_none()
+        );
         // an older record arriving late loses
-        assert!(ix.write("b", "k", 4, Slot::Object(Arc::new(obj(2, Some(4))))).is_err());
+        assert!(
+            ix.write("b", "k", 4, Slot::Object(Arc::new(obj(2, Some(4)))))
+                .is_err()
+        );
         // a newer delete wins and hands back the object to free
-        let old = ix.write("b", "k", 6, Slot::Deleted { seq: 6 }).unwrap().unwrap();
+        let old = ix
+            .write("b", "k", 6, Slot::Deleted { seq: 6 })
+            .unwrap()
+            .unwrap();
         assert_eq!(old.id, 1);
         // persisting the stale record changes nothing; persisting the delete clears the key
         ix.persisted("b", "k", 5);
@@ -317,9 +346,12 @@ mod tests {
     #[test]
     fn persisted_objects_become_clean() {
         let ix = Index::default();
-        ix.write("b", "k", 1, Slot::Object(Arc::new(obj(1, Some(1))))).unwrap();
+        ix.write("b", "k", 1, Slot::Object(Arc::new(obj(1, Some(1)))))
+            .unwrap();
         ix.persisted("b", "k", 1);
-        let Some(Slot::Object(o)) = ix.get("b", "k") else { panic!() };
+        let Some(Slot::Object(o)) = ix.get("b", "k") else {
+            panic!()
+        };
         assert_eq!(o.journal_seq, None);
         // losing the chunks of a clean object forgets it
         assert!(ix.drop_layout("b", "k", 1));

@@ -39,6 +39,8 @@ pub struct TierMetrics {
     pub persist_failures: Counter,
     /// PUTs refused with 503 SlowDown because the journal was full.
     pub slowdowns: Counter,
+    /// Chunks moved by promotion or repair after reads.
+    pub relocated_chunks: Counter,
 }
 
 impl TierMetrics {
@@ -48,24 +50,77 @@ impl TierMetrics {
         let r = registry.sub_registry_with_prefix("gateway_tier");
         r.register("hits", "GETs served from function memory", m.hits.clone());
         r.register("misses", "GETs read from the bucket", m.misses.clone());
-        r.register("journal_reads", "GETs of unpersisted objects served from the journal", m.journal_reads.clone());
-        r.register("bytes_from_tier", "Object bytes sent from function memory", m.bytes_from_tier.clone());
-        r.register("bytes_from_bucket", "Object bytes sent from the bucket", m.bytes_from_bucket.clone());
-        r.register("bytes_from_journal", "Object bytes sent from the journal", m.bytes_from_journal.clone());
+        r.register(
+            "journal_reads",
+            "GETs of unpersisted objects served from the journal",
+            m.journal_reads.clone(),
+        );
+        r.register(
+            "bytes_from_tier",
+            "Object bytes sent from function memory",
+            m.bytes_from_tier.clone(),
+        );
+        r.register(
+            "bytes_from_bucket",
+            "Object bytes sent from the bucket",
+            m.bytes_from_bucket.clone(),
+        );
+        r.register(
+            "bytes_from_journal",
+            "Object bytes sent from the journal",
+            m.bytes_from_journal.clone(),
+        );
         r.register("decodes", "Pieces rebuilt from parity", m.decodes.clone());
-        r.register("direct_pieces", "Pieces read from their data chunks", m.direct_pieces.clone());
-        r.register("admitted", "Objects placed into function memory", m.admitted.clone());
-        r.register("admission_failures", "Objects whose chunks could not be placed", m.admission_failures.clone());
-        r.register("dirty_bytes", "Acknowledged bytes not yet in the bucket", m.dirty_bytes.clone());
-        r.register("dirty_objects", "Keys with writes not yet in the bucket", m.dirty_objects.clone());
+        r.register(
+            "direct_pieces",
+            "Pieces read from their data chunks",
+            m.direct_pieces.clone(),
+        );
+        r.register(
+            "admitted",
+            "Objects placed into function memory",
+            m.admitted.clone(),
+        );
+        r.register(
+            "admission_failures",
+            "Objects whose chunks could not be placed",
+            m.admission_failures.clone(),
+        );
+        r.register(
+            "dirty_bytes",
+            "Acknowledged bytes not yet in the bucket",
+            m.dirty_bytes.clone(),
+        );
+        r.register(
+            "dirty_objects",
+            "Keys with writes not yet in the bucket",
+            m.dirty_objects.clone(),
+        );
         r.register(
             "persistence_lag_seconds",
             "Age of the oldest write not yet in the bucket",
             m.persistence_lag_seconds.clone(),
         );
-        r.register("persisted", "Writes persisted to the bucket", m.persisted.clone());
-        r.register("persist_failures", "Failed persistence attempts (retried)", m.persist_failures.clone());
-        r.register("slowdowns", "PUTs refused with SlowDown: journal full", m.slowdowns.clone());
+        r.register(
+            "persisted",
+            "Writes persisted to the bucket",
+            m.persisted.clone(),
+        );
+        r.register(
+            "persist_failures",
+            "Failed persistence attempts (retried)",
+            m.persist_failures.clone(),
+        );
+        r.register(
+            "slowdowns",
+            "PUTs refused with SlowDown: journal full",
+            m.slowdowns.clone(),
+        );
+        r.register(
+            "relocated_chunks",
+            "Chunks moved by promotion or repair",
+            m.relocated_chunks.clone(),
+        );
         m
     }
 }

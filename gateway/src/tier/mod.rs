@@ -21,11 +21,12 @@ pub mod chunks;
 pub mod ec;
 pub mod index;
 pub mod journal;
+pub mod manager;
 pub mod meta;
 pub mod metrics;
 pub mod persist;
-pub mod placement;
 mod read;
+mod relocate;
 mod write;
 
 use std::collections::HashSet;
@@ -47,15 +48,38 @@ use crate::config::{TierConfig, WritePolicy};
 
 pub use self::read::Range;
 
-/// Where new objects' chunks go: the policy's placement, seen from the tier.
+/// One chunk to move after a read (promotion into the current bucket, or repair).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relocation {
+    /// Piece index.
+    pub piece: u32,
+    /// Chunk index in the piece.
+    pub chunk: u32,
+    /// Where it is now (`None`: lost).
+    pub from: Option<FunctionId>,
+    /// Where it goes.
+    pub to: FunctionId,
+}
+
+/// The memory-management policy, seen from the tier (see [`manager::MemoryManager`]).
 pub trait Placer: Send + Sync + 'static {
-    /// The function of every chunk of every piece (distinct within a piece), or `None` when
-    /// the pool cannot take the object now.
-    fn place(&self, object: u128, size: u64, pieces: usize, chunks_per_piece: usize) -> Option<Vec<Vec<FunctionId>>>;
-    /// The object was read from memory.
-    fn on_read(&self, _object: u128) {}
-    /// The object's chunks were freed.
-    fn on_free(&self, _object: u128, _size: u64) {}
+    /// The function of every chunk of every piece (distinct within a piece) for write
+    /// `object` of the key, or `None` when the object stays out of memory.
+    fn place(
+        &self,
+        bucket: &str,
+        key: &str,
+        object: u128,
+        size: u64,
+        pieces: usize,
+        chunks_per_piece: usize,
+    ) -> Option<Vec<Vec<FunctionId>>>;
+    /// Write `object` of the key was read from memory: chunks to move.
+    fn on_read(&self, _bucket: &str, _key: &str, _object: u128) -> Vec<Relocation> {
+        Vec::new()
+    }
+    /// Write `object` of the key left memory (deleted, invalidated, not admitted, broken).
+    fn forget(&self, _bucket: &str, _key: &str, _object: u128) {}
 }
 
 /// The tier.
@@ -87,11 +111,13 @@ impl Tier {
         placer: Arc<dyn Placer>,
         registry: &mut Registry,
     ) -> Result<Arc<Self>, crate::GatewayError> {
-        let codec = Codec::new(cfg.data_chunks, cfg.parity_chunks)
-            .map_err(|e| crate::GatewayError::Config(crate::config::ConfigError::Invalid(e.to_string())))?;
-        let (journal, replay) = Journal::open(&data_dir.join("journal"), cfg.journal_capacity.as_u64())
-            .await
-            .map_err(|e| crate::GatewayError::Embedded(format!("journal: {e}")))?;
+        let codec = Codec::new(cfg.data_chunks, cfg.parity_chunks).map_err(|e| {
+            crate::GatewayError::Config(crate::config::ConfigError::Invalid(e.to_string()))
+        })?;
+        let (journal, replay) =
+            Journal::open(&data_dir.join("journal"), cfg.journal_capacity.as_u64())
+                .await
+                .map_err(|e| crate::GatewayError::Embedded(format!("journal: {e}")))?;
         let journal = Arc::new(journal);
         let metrics = TierMetrics::register(registry);
         let index = Arc::new(Index::default());
@@ -142,7 +168,9 @@ impl Tier {
             loop {
                 tokio::time::sleep(LAG_INTERVAL).await;
                 let Some(t) = weak.upgrade() else { return };
-                t.metrics.persistence_lag_seconds.set(t.persister.lag().as_secs_f64());
+                t.metrics
+                    .persistence_lag_seconds
+                    .set(t.persister.lag().as_secs_f64());
             }
         });
         Ok(tier)
@@ -173,7 +201,10 @@ impl Tier {
 
     /// Remembers that `bucket` exists (or not) in the backing store.
     pub fn note_bucket(&self, bucket: &str, exists: bool) {
-        let mut b = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut b = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if exists {
             b.insert(bucket.to_owned());
         } else {
@@ -209,7 +240,9 @@ impl Tier {
     /// Waits until `keys` of `bucket` have no unpersisted writes (before an operation that
     /// the tier passes to the bucket acts on them).
     pub async fn flush(&self, bucket: &str, keys: &[String]) -> Result<(), S3Error> {
-        self.persister.wait_clean(bucket, keys, self.cfg.flush_timeout).await
+        self.persister
+            .wait_clean(bucket, keys, self.cfg.flush_timeout)
+            .await
     }
 
     /// Waits until no key of `bucket` under `prefix` has unpersisted writes (before a listing).
@@ -225,7 +258,19 @@ impl Tier {
     /// chunks are freed.
     pub fn invalidate(&self, bucket: &str, key: &str) {
         if let Some(old) = self.index.invalidate(bucket, key) {
+            self.placer.forget(bucket, key, old.id);
             self.free(old);
+        }
+    }
+
+    /// The policy evicted the key from memory: its chunks are freed; a write not yet in the
+    /// bucket stays, served from the journal.
+    pub fn evict(&self, bucket: &str, key: &str) {
+        if let Some(Slot::Object(obj)) = self.index.get(bucket, key)
+            && obj.layout.is_some()
+            && self.index.drop_layout(bucket, key, obj.id)
+        {
+            self.free(obj);
         }
     }
 
@@ -240,7 +285,11 @@ impl Tier {
     }
 
     async fn journal_delete(&self, bucket: &str, key: &str) -> Result<(), S3Error> {
-        let space = self.journal.reserve(0, self.cfg.journal_wait).await.map_err(journal_error)?;
+        let space = self
+            .journal
+            .reserve(0, self.cfg.journal_wait)
+            .await
+            .map_err(journal_error)?;
         let seq = self.journal.next_seq();
         let header = RecordHeader {
             seq,
@@ -250,26 +299,34 @@ impl Tier {
             size: 0,
             meta: meta::ObjectMeta::default(),
         };
-        self.journal.write_empty(&header).await.map_err(journal_error)?;
+        self.journal
+            .write_empty(&header)
+            .await
+            .map_err(journal_error)?;
         if let Ok(Some(old)) = self.index.write(bucket, key, seq, Slot::Deleted { seq }) {
+            self.placer.forget(bucket, key, old.id);
             self.free(old);
         }
         self.persister.add(header, space);
         Ok(())
     }
 
-    /// A function's memory is gone. Reads of its chunks fall back to the piece's other chunks
-    /// (first-d); objects that lost more than `p` chunks of a piece are read from the journal
-    /// or the bucket and are dropped from memory on their first read.
-    pub fn function_lost(&self, f: FunctionId) {
+    /// The policy wants function `f`'s lost chunks restored (see recovery).
+    pub fn recover(self: &Arc<Self>, f: FunctionId, policy_chunks: usize) {
         let held = self.index.objects_on(f).len();
-        tracing::warn!(function = f, objects = held, "function lost: its chunks are gone");
+        tracing::warn!(
+            function = f,
+            objects = held,
+            policy_chunks,
+            "function lost: recovery not yet implemented"
+        );
     }
 
     /// Frees an object's chunks in the background.
     fn free(&self, obj: Arc<CachedObject>) {
-        let Some(layout) = obj.layout.clone() else { return };
-        self.placer.on_free(obj.id, obj.size);
+        let Some(layout) = obj.layout.clone() else {
+            return;
+        };
         let store = self.chunks.clone();
         tokio::spawn(async move {
             for (p, fs) in layout.functions.iter().enumerate() {
@@ -292,16 +349,16 @@ impl Tier {
 fn journal_error(e: JournalError) -> S3Error {
     match e {
         JournalError::Full { .. } => {
-            let mut err = S3Error::with_message(
-                S3ErrorCode::SlowDown,
-                format!("{e}; retry later"),
-            );
+            let mut err = S3Error::with_message(S3ErrorCode::SlowDown, format!("{e}; retry later"));
             err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
             err
         }
         other => {
             warn!(error = %other, "journal failure");
-            S3Error::with_message(S3ErrorCode::InternalError, format!("local journal: {other}"))
+            S3Error::with_message(
+                S3ErrorCode::InternalError,
+                format!("local journal: {other}"),
+            )
         }
     }
 }

@@ -91,7 +91,9 @@ impl Persister {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Adds a committed record; it supersedes the key's older records.
@@ -101,7 +103,13 @@ impl Persister {
         st.dirty_bytes += header.size;
         st.oldest.insert(header.seq, Instant::now());
         let k = st.keys.entry(path.clone()).or_default();
-        k.records.insert(header.seq, Record { header, _space: space });
+        k.records.insert(
+            header.seq,
+            Record {
+                header,
+                _space: space,
+            },
+        );
         let enqueue = !k.queued && !k.in_flight;
         if enqueue {
             k.queued = true;
@@ -115,18 +123,28 @@ impl Persister {
     }
 
     fn update_gauges(&self, st: &State) {
-        self.metrics.dirty_bytes.set(i64::try_from(st.dirty_bytes).unwrap_or(i64::MAX));
-        self.metrics.dirty_objects.set(i64::try_from(st.keys.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .dirty_bytes
+            .set(i64::try_from(st.dirty_bytes).unwrap_or(i64::MAX));
+        self.metrics
+            .dirty_objects
+            .set(i64::try_from(st.keys.len()).unwrap_or(i64::MAX));
     }
 
     /// Seconds the oldest unpersisted record has waited.
     pub fn lag(&self) -> Duration {
-        self.lock().oldest.values().next().map_or(Duration::ZERO, Instant::elapsed)
+        self.lock()
+            .oldest
+            .values()
+            .next()
+            .map_or(Duration::ZERO, Instant::elapsed)
     }
 
     /// Whether the key has unpersisted records.
     pub fn is_dirty(&self, bucket: &str, key: &str) -> bool {
-        self.lock().keys.contains_key(&(bucket.to_owned(), key.to_owned()))
+        self.lock()
+            .keys
+            .contains_key(&(bucket.to_owned(), key.to_owned()))
     }
 
     /// Dirty keys of `bucket` starting with `prefix`.
@@ -140,7 +158,12 @@ impl Persister {
     }
 
     /// Waits until none of `keys` of `bucket` is dirty, at most `timeout`.
-    pub async fn wait_clean(&self, bucket: &str, keys: &[String], timeout: Duration) -> Result<(), s3s::S3Error> {
+    pub async fn wait_clean(
+        &self,
+        bucket: &str,
+        keys: &[String],
+        timeout: Duration,
+    ) -> Result<(), s3s::S3Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
@@ -148,7 +171,10 @@ impl Persister {
             notified.as_mut().enable();
             {
                 let st = self.lock();
-                if keys.iter().all(|k| !st.keys.contains_key(&(bucket.to_owned(), k.clone()))) {
+                if keys
+                    .iter()
+                    .all(|k| !st.keys.contains_key(&(bucket.to_owned(), k.clone())))
+                {
                     return Ok(());
                 }
             }
@@ -205,7 +231,9 @@ impl Persister {
             // The newest record; older ones are superseded.
             let (header, superseded) = {
                 let mut st = self.lock();
-                let Some(k) = st.keys.get_mut(&path) else { return };
+                let Some(k) = st.keys.get_mut(&path) else {
+                    return;
+                };
                 let Some((&newest, _)) = k.records.iter().next_back() else {
                     st.keys.remove(&path);
                     return;
@@ -226,7 +254,9 @@ impl Persister {
                     (self.on_persisted)(&header);
                     self.release(&path, header.seq).await;
                     let mut st = self.lock();
-                    let Some(k) = st.keys.get_mut(&path) else { return };
+                    let Some(k) = st.keys.get_mut(&path) else {
+                        return;
+                    };
                     k.attempts = 0;
                     if k.records.is_empty() {
                         st.keys.remove(&path);
@@ -241,7 +271,9 @@ impl Persister {
                     self.metrics.persist_failures.inc();
                     let attempts = {
                         let mut st = self.lock();
-                        let Some(k) = st.keys.get_mut(&path) else { return };
+                        let Some(k) = st.keys.get_mut(&path) else {
+                            return;
+                        };
                         k.attempts += 1;
                         k.attempts
                     };
@@ -292,9 +324,15 @@ impl Persister {
     }
 
     async fn read_range(&self, seq: u64, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-        let mut f = self.journal.open_data(seq, offset).await.map_err(|e| e.to_string())?;
+        let mut f = self
+            .journal
+            .open_data(seq, offset)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
-        f.read_exact(&mut buf).await.map_err(|e| format!("reading journal record {seq}: {e}"))?;
+        f.read_exact(&mut buf)
+            .await
+            .map_err(|e| format!("reading journal record {seq}: {e}"))?;
         Ok(buf)
     }
 
@@ -385,7 +423,11 @@ impl Persister {
                 .bucket(&h.bucket)
                 .key(&h.key)
                 .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await
                 .map_err(|e| describe(&e))?;
@@ -409,17 +451,27 @@ impl Persister {
     pub fn log_replay(&self) {
         let st = self.lock();
         if !st.keys.is_empty() {
-            info!(keys = st.keys.len(), bytes = st.dirty_bytes, "journal replayed: persisting acknowledged writes");
+            info!(
+                keys = st.keys.len(),
+                bytes = st.dirty_bytes,
+                "journal replayed: persisting acknowledged writes"
+            );
         }
     }
 }
 
-fn describe<E>(e: &aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> String
+fn describe<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> String
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
     let err = upstream_error(e);
-    format!("{}: {}", err.code().as_str(), err.message().unwrap_or_default())
+    format!(
+        "{}: {}",
+        err.code().as_str(),
+        err.message().unwrap_or_default()
+    )
 }
 
 fn backoff(attempts: u32) -> Duration {
@@ -434,12 +486,19 @@ fn content_md5(data: &[u8]) -> String {
 }
 
 fn parse_http_date(s: Option<&str>) -> Option<aws_smithy_types::DateTime> {
-    s.and_then(|s| aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::HttpDate).ok())
+    s.and_then(|s| {
+        aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::HttpDate).ok()
+    })
 }
 
 /// The multipart ETag the bucket computes for `size` bytes uploaded in `part_size` parts:
 /// MD5 of the parts' MD5s, then `-<parts>`; a plain MD5 when one PUT suffices.
-pub fn expected_etag(md5_whole: &[u8; 16], part_md5s: &[[u8; 16]], size: u64, part_size: u64) -> String {
+pub fn expected_etag(
+    md5_whole: &[u8; 16],
+    part_md5s: &[[u8; 16]],
+    size: u64,
+    part_size: u64,
+) -> String {
     use md5::Digest;
     if size <= part_size.max(1) {
         return hex::encode(md5_whole);
@@ -477,6 +536,9 @@ mod tests {
         let mut h = md5::Md5::new();
         h.update(pa);
         h.update(pb);
-        assert_eq!(expected_etag(&whole, &[pa, pb], 15, 10), format!("{}-2", hex::encode(h.finalize())));
+        assert_eq!(
+            expected_etag(&whole, &[pa, pb], 15, 10),
+            format!("{}-2", hex::encode(h.finalize()))
+        );
     }
 }

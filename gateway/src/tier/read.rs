@@ -15,11 +15,11 @@ use s3s::stream::{ByteStream, RemainingLength};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+use super::Tier;
 use super::body::{self, BodySender};
 use super::chunks::{get_piece, put_piece};
 use super::index::{CachedObject, Layout};
 use super::meta::ObjectMeta;
-use super::Tier;
 
 /// A byte range of an object, `start..end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +57,22 @@ fn failed(msg: String) -> StdError {
 
 impl Tier {
     /// Streams `range` of an object the tier holds.
-    pub fn read(self: &Arc<Self>, bucket: &str, key: &str, obj: Arc<CachedObject>, range: Range) -> StreamingBlob {
+    pub fn read(
+        self: &Arc<Self>,
+        bucket: &str,
+        key: &str,
+        obj: Arc<CachedObject>,
+        range: Range,
+    ) -> StreamingBlob {
         let (tx, body) = body::channel(range.len());
         let tier = self.clone();
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
         tokio::spawn(async move {
             let r = match obj.layout.clone() {
-                Some(layout) => tier.send_from_memory(&bucket, &key, &obj, &layout, range, &tx).await,
+                Some(layout) => {
+                    tier.send_from_memory(&bucket, &key, &obj, &layout, range, &tx)
+                        .await
+                }
                 None => tier.send_fallback(&bucket, &key, &obj, range, &tx).await,
             };
             if let Err(e) = r {
@@ -86,7 +95,6 @@ impl Tier {
         if range.is_empty() {
             return Ok(());
         }
-        self.placer.on_read(obj.id);
         let ps = layout.piece_size;
         let first = range.start / ps;
         let last = (range.end - 1) / ps;
@@ -135,7 +143,10 @@ impl Tier {
                 Err((e, failures)) => {
                     tracing::warn!(bucket, key, piece = i, error = %e, lost = failures.len(), "piece unreadable from memory; reading it from the journal or the bucket");
                     broken = true;
-                    (vec![self.read_span(bucket, key, obj, off, len).await?], false)
+                    (
+                        vec![self.read_span(bucket, key, obj, off, len).await?],
+                        false,
+                    )
                 }
             };
             // Send the requested part of the piece, part by part (no copy).
@@ -148,7 +159,9 @@ impl Tier {
                 if a >= b {
                     continue;
                 }
-                let slice = part.slice(usize::try_from(a - p0).unwrap_or(0)..usize::try_from(b - p0).unwrap_or(0));
+                let slice = part.slice(
+                    usize::try_from(a - p0).unwrap_or(0)..usize::try_from(b - p0).unwrap_or(0),
+                );
                 if from_memory {
                     self.metrics.bytes_from_tier.inc_by(slice.len() as u64);
                 } else {
@@ -160,17 +173,39 @@ impl Tier {
             }
         }
         if broken {
-            self.index.drop_layout(bucket, key, obj.id);
+            if self.index.drop_layout(bucket, key, obj.id) {
+                self.placer.forget(bucket, key, obj.id);
+                self.free(obj.clone());
+            }
+        } else {
+            let moves = self.placer.on_read(bucket, key, obj.id);
+            if !moves.is_empty() {
+                self.clone()
+                    .relocate(bucket.to_owned(), key.to_owned(), obj.clone(), moves);
+            }
         }
         Ok(())
     }
 
     /// Bytes `off..off+len` of an object from its journal record, or else the bucket.
-    async fn read_span(&self, bucket: &str, key: &str, obj: &CachedObject, off: u64, len: u64) -> Result<Bytes, StdError> {
+    async fn read_span(
+        &self,
+        bucket: &str,
+        key: &str,
+        obj: &CachedObject,
+        off: u64,
+        len: u64,
+    ) -> Result<Bytes, StdError> {
         if let Some(seq) = obj.journal_seq {
-            let mut f = self.journal.open_data(seq, off).await.map_err(|e| failed(e.to_string()))?;
+            let mut f = self
+                .journal
+                .open_data(seq, off)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
             let mut buf = BytesMut::zeroed(usize::try_from(len).unwrap_or(0));
-            f.read_exact(&mut buf).await.map_err(|e| failed(format!("journal read: {e}")))?;
+            f.read_exact(&mut buf)
+                .await
+                .map_err(|e| failed(format!("journal read: {e}")))?;
             return Ok(buf.freeze());
         }
         let out = self
@@ -182,7 +217,12 @@ impl Tier {
             .if_match(format!("\"{}\"", obj.meta.etag))
             .send()
             .await
-            .map_err(|e| failed(format!("bucket read: {}", aws_sdk_s3::error::DisplayErrorContext(&e))))?;
+            .map_err(|e| {
+                failed(format!(
+                    "bucket read: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ))
+            })?;
         let data = out
             .body
             .collect()
@@ -190,7 +230,10 @@ impl Tier {
             .map_err(|e| failed(format!("bucket read: {e}")))?
             .into_bytes();
         if data.len() as u64 != len {
-            return Err(failed(format!("bucket returned {} bytes, expected {len}", data.len())));
+            return Err(failed(format!(
+                "bucket returned {} bytes, expected {len}",
+                data.len()
+            )));
         }
         Ok(data)
     }
@@ -233,8 +276,12 @@ impl Tier {
         body: StreamingBlob,
     ) -> StreamingBlob {
         let id: u128 = rand::random();
-        let pieces = usize::try_from(Layout::piece_count(size, self.piece_size)).unwrap_or(usize::MAX);
-        let Some(placement) = self.placer.place(id, size, pieces, self.codec.total()) else {
+        let pieces =
+            usize::try_from(Layout::piece_count(size, self.piece_size)).unwrap_or(usize::MAX);
+        let Some(placement) = self
+            .placer
+            .place(bucket, key, id, size, pieces, self.codec.total())
+        else {
             self.metrics.admission_failures.inc();
             return body;
         };
@@ -252,6 +299,7 @@ impl Tier {
             if !ok {
                 // admit() freed what it had placed.
                 tier.index.abandon_fill(ticket);
+                tier.placer.forget(&bucket, &key, id);
                 tier.metrics.admission_failures.inc();
                 return;
             }
@@ -266,6 +314,7 @@ impl Tier {
                 tier.metrics.admitted.inc();
             } else {
                 // The key was written meanwhile: what was read is stale.
+                tier.placer.forget(&bucket, &key, id);
                 tier.free(Arc::new(CachedObject {
                     id,
                     size,
@@ -284,7 +333,13 @@ impl Tier {
 
     /// Receives the object's bytes and places them piece by piece; true when all of it was
     /// placed. On failure the chunks placed so far are freed.
-    async fn admit(&self, id: u128, size: u64, layout: &Layout, mut rx: mpsc::Receiver<Bytes>) -> bool {
+    async fn admit(
+        &self,
+        id: u128,
+        size: u64,
+        layout: &Layout,
+        mut rx: mpsc::Receiver<Bytes>,
+    ) -> bool {
         let ps = usize::try_from(layout.piece_size).unwrap_or(usize::MAX);
         let mut buf = BytesMut::new();
         let mut received = 0u64;
@@ -303,7 +358,9 @@ impl Tier {
             }
         }
         if ok && received == size && !buf.is_empty() {
-            ok = self.place_piece(id, layout, index, buf.split().freeze()).await;
+            ok = self
+                .place_piece(id, layout, index, buf.split().freeze())
+                .await;
         }
         let ok = ok && received == size;
         if !ok {
@@ -319,10 +376,19 @@ impl Tier {
     }
 
     async fn place_piece(&self, id: u128, layout: &Layout, index: usize, piece: Bytes) -> bool {
-        let Some(fs) = layout.functions.get(index) else { return false };
-        put_piece(&self.chunks, layout.codec, id, u32::try_from(index).unwrap_or(u32::MAX), piece, fs)
-            .await
-            .is_ok()
+        let Some(fs) = layout.functions.get(index) else {
+            return false;
+        };
+        put_piece(
+            &self.chunks,
+            layout.codec,
+            id,
+            u32::try_from(index).unwrap_or(u32::MAX),
+            piece,
+            fs,
+        )
+        .await
+        .is_ok()
     }
 }
 

@@ -55,9 +55,11 @@ impl Tier {
         let id: u128 = rand::random();
         let part_size = self.cfg.persist_part_size.as_u64();
         let piece_size = usize::try_from(self.piece_size).unwrap_or(usize::MAX);
-        let pieces = usize::try_from(Layout::piece_count(size, self.piece_size)).unwrap_or(usize::MAX);
+        let pieces =
+            usize::try_from(Layout::piece_count(size, self.piece_size)).unwrap_or(usize::MAX);
         let placement = if size > 0 {
-            self.placer.place(id, size, pieces, self.codec.total())
+            self.placer
+                .place(bucket, key, id, size, pieces, self.codec.total())
         } else {
             None
         };
@@ -73,11 +75,21 @@ impl Tier {
         let mut received = 0u64;
 
         let spawn_piece = |puts: &mut JoinSet<bool>, piece: Bytes, index: usize, permit| {
-            let Some(fs) = placement.as_ref().and_then(|p| p.get(index)).cloned() else { return };
+            let Some(fs) = placement.as_ref().and_then(|p| p.get(index)).cloned() else {
+                return;
+            };
             let store = self.chunks.clone();
             let codec = self.codec;
             puts.spawn(async move {
-                let r = put_piece(&store, codec, id, u32::try_from(index).unwrap_or(u32::MAX), piece, &fs).await;
+                let r = put_piece(
+                    &store,
+                    codec,
+                    id,
+                    u32::try_from(index).unwrap_or(u32::MAX),
+                    piece,
+                    &fs,
+                )
+                .await;
                 drop(permit);
                 if let Err(e) = &r {
                     tracing::debug!(error = %e, "placing a piece failed");
@@ -89,7 +101,10 @@ impl Tier {
         let streamed: Result<[u8; 16], S3Error> = async {
             while let Some(frame) = body.next().await {
                 let data = frame.map_err(|e| {
-                    S3Error::with_message(S3ErrorCode::IncompleteBody, format!("reading the request body: {e}"))
+                    S3Error::with_message(
+                        S3ErrorCode::IncompleteBody,
+                        format!("reading the request body: {e}"),
+                    )
                 })?;
                 received += data.len() as u64;
                 if received > size {
@@ -103,7 +118,8 @@ impl Tier {
                 check.update(&data);
                 let mut rest = &data[..];
                 while !rest.is_empty() {
-                    let take = usize::try_from((part_size - part_fill).min(rest.len() as u64)).unwrap_or(rest.len());
+                    let take = usize::try_from((part_size - part_fill).min(rest.len() as u64))
+                        .unwrap_or(rest.len());
                     part_md5.update(&rest[..take]);
                     part_fill += take as u64;
                     rest = &rest[take..];
@@ -137,19 +153,20 @@ impl Tier {
         let whole = match streamed {
             Ok(w) => w,
             Err(e) => {
-            writer.abort().await;
-            puts.abort_all();
-            if let Some(p) = &placement {
-                self.free(Arc::new(CachedObject {
-                    id,
-                    size,
-                    meta: ObjectMeta::default(),
-                    layout: Some(Layout {
-                        codec: self.codec,
-                        piece_size: self.piece_size,
-                        functions: p.clone(),
-                    }),
-                    journal_seq: None,
+                writer.abort().await;
+                puts.abort_all();
+                if let Some(p) = &placement {
+                    self.placer.forget(bucket, key, id);
+                    self.free(Arc::new(CachedObject {
+                        id,
+                        size,
+                        meta: ObjectMeta::default(),
+                        layout: Some(Layout {
+                            codec: self.codec,
+                            piece_size: self.piece_size,
+                            functions: p.clone(),
+                        }),
+                        journal_seq: None,
                     }));
                 }
                 return Err(e);
@@ -201,6 +218,7 @@ impl Tier {
         } else {
             // Some chunks did not make it: free the rest, serve from the journal.
             self.metrics.admission_failures.inc();
+            self.placer.forget(bucket, key, id);
             self.free(obj);
             Arc::new(CachedObject {
                 id,

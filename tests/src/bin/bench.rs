@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use integration_tests::{
-    BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY, Backend, GatewayOptions, GatewayProc, free_port, payload, s3_client,
+    BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY, Backend, GatewayOptions, GatewayProc, free_port,
+    payload, s3_client,
 };
 use plotters::prelude::*;
 
@@ -134,7 +135,10 @@ fn start_redis() -> Redis {
     let proc = integration_tests::Proc::spawn(cmd, "redis-server");
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start (is it installed? apt-get install redis-server)");
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not start (is it installed? apt-get install redis-server)"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Redis { proc, port }
@@ -143,7 +147,11 @@ fn start_redis() -> Redis {
 fn redis_get_mbps(r: &Redis, data: &[u8]) -> f64 {
     let client = redis::Client::open(format!("redis://127.0.0.1:{}/", r.port)).expect("redis url");
     let mut con = client.get_connection().expect("redis connect");
-    redis::cmd("SET").arg("bench").arg(data).query::<()>(&mut con).expect("SET");
+    redis::cmd("SET")
+        .arg("bench")
+        .arg(data)
+        .query::<()>(&mut con)
+        .expect("SET");
     let _: Vec<u8> = redis::cmd("GET").arg("bench").query(&mut con).expect("GET");
     let n = reps(data.len());
     let start = Instant::now();
@@ -156,6 +164,9 @@ fn redis_get_mbps(r: &Redis, data: &[u8]) -> f64 {
     mbps(data.len() * n, t)
 }
 
+/// A chart series: name, colour, and the column it plots.
+type Series = (&'static str, RGBColor, fn(&Row) -> f64);
+
 fn chart(rows: &[Row], path: &PathBuf) -> Result<(), Box<dyn std::error::Error>> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
         .map_err(|_| "font registration failed")?;
@@ -163,58 +174,60 @@ fn chart(rows: &[Row], path: &PathBuf) -> Result<(), Box<dyn std::error::Error>>
     const H: u32 = 560;
     let mut pixels = vec![0u8; (W * H * 3) as usize];
     {
-    let root = BitMapBackend::with_buffer(&mut pixels, (W, H)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let max = rows
-        .iter()
-        .flat_map(|r| [r.loopback, r.redis, r.direct, r.miss, r.hit])
-        .fold(1.0f64, f64::max);
-    let series: [(&str, RGBColor, fn(&Row) -> f64); 5] = [
-        ("loopback", RGBColor(120, 120, 120), |r| r.loopback),
-        ("redis", RGBColor(200, 60, 50), |r| r.redis),
-        ("direct s3s-fs", RGBColor(230, 160, 40), |r| r.direct),
-        ("gateway miss", RGBColor(90, 140, 200), |r| r.miss),
-        ("gateway hit", RGBColor(40, 160, 90), |r| r.hit),
-    ];
-    let groups = rows.len();
-    let mut chart = ChartBuilder::on(&root)
-        .caption("GET throughput (MB/s, higher is better)", ("sans-serif", 24))
-        .margin(20)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..groups as f64, (1f64..max * 2.0).log_scale())?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(groups)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            rows.get(i)
-                .map(|r| format!("{} MiB", r.size / MIB))
-                .unwrap_or_default()
-        })
-        .y_desc("MB/s")
-        .label_style(("sans-serif", 14))
-        .draw()?;
-    let w = 0.8 / series.len() as f64;
-    for (s, (name, color, get)) in series.iter().enumerate() {
-        let bars = rows.iter().enumerate().map(|(i, r)| {
-            let x0 = i as f64 + 0.1 + s as f64 * w;
-            Rectangle::new([(x0, 1.0), (x0 + w * 0.9, get(r).max(1.0))], color.filled())
-        });
+        let root = BitMapBackend::with_buffer(&mut pixels, (W, H)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let max = rows
+            .iter()
+            .flat_map(|r| [r.loopback, r.redis, r.direct, r.miss, r.hit])
+            .fold(1.0f64, f64::max);
+        let series: [Series; 5] = [
+            ("loopback", RGBColor(120, 120, 120), |r| r.loopback),
+            ("redis", RGBColor(200, 60, 50), |r| r.redis),
+            ("direct s3s-fs", RGBColor(230, 160, 40), |r| r.direct),
+            ("gateway miss", RGBColor(90, 140, 200), |r| r.miss),
+            ("gateway hit", RGBColor(40, 160, 90), |r| r.hit),
+        ];
+        let groups = rows.len();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "GET throughput (MB/s, higher is better)",
+                ("sans-serif", 24),
+            )
+            .margin(20)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..groups as f64, (1f64..max * 2.0).log_scale())?;
         chart
-            .draw_series(bars)?
-            .label(*name)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()?;
-    root.present()?;
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(groups)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                rows.get(i)
+                    .map(|r| format!("{} MiB", r.size / MIB))
+                    .unwrap_or_default()
+            })
+            .y_desc("MB/s")
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        let w = 0.8 / series.len() as f64;
+        for (s, (name, color, get)) in series.iter().enumerate() {
+            let bars = rows.iter().enumerate().map(|(i, r)| {
+                let x0 = i as f64 + 0.1 + s as f64 * w;
+                Rectangle::new([(x0, 1.0), (x0 + w * 0.9, get(r).max(1.0))], color.filled())
+            });
+            chart.draw_series(bars)?.label(*name).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+            });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()?;
+        root.present()?;
     }
     let file = std::fs::File::create(path)?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), W, H);
@@ -242,7 +255,10 @@ fn main() {
                 i += 1;
             }
             "--sizes-mib" => {
-                sizes = args[i + 1].split(',').map(|s| s.parse::<usize>().expect("size") * MIB).collect();
+                sizes = args[i + 1]
+                    .split(',')
+                    .map(|s| s.parse::<usize>().expect("size") * MIB)
+                    .collect();
                 i += 1;
             }
             other => panic!("unknown argument {other}; use --out DIR, --sizes-mib 1,16,100,1024"),
@@ -258,17 +274,28 @@ fn main() {
         &Backend::Embedded,
         GatewayOptions {
             env: vec![
-                ("GATEWAY_EMBEDDED_LISTEN".into(), format!("127.0.0.1:{backend_port}")),
+                (
+                    "GATEWAY_EMBEDDED_LISTEN".into(),
+                    format!("127.0.0.1:{backend_port}"),
+                ),
                 ("RUST_LOG".into(), "warn".into()),
             ],
             ..Default::default()
         },
     );
     let c = gw.client();
-    let direct = s3_client(&format!("http://127.0.0.1:{backend_port}"), BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY);
+    let direct = s3_client(
+        &format!("http://127.0.0.1:{backend_port}"),
+        BACKEND_ACCESS_KEY,
+        BACKEND_SECRET_KEY,
+    );
     let mut rows = Vec::new();
     rt.block_on(async {
-        c.create_bucket().bucket("bench").send().await.expect("bucket");
+        c.create_bucket()
+            .bucket("bench")
+            .send()
+            .await
+            .expect("bucket");
     });
     for &size in &sizes {
         eprintln!("measuring {} MiB ...", size / MIB);
@@ -302,16 +329,27 @@ fn main() {
             }
             let start = Instant::now();
             for r in 0..n {
-                assert_eq!(read_all(&c, "bench", &format!("miss-{size}-{r}")).await, size);
+                assert_eq!(
+                    read_all(&c, "bench", &format!("miss-{size}-{r}")).await,
+                    size
+                );
             }
             let miss = mbps(size * n, start.elapsed());
             let start = Instant::now();
             for r in 0..n {
-                assert_eq!(read_all(&direct, "bench", &format!("miss-{size}-{r}")).await, size);
+                assert_eq!(
+                    read_all(&direct, "bench", &format!("miss-{size}-{r}")).await,
+                    size
+                );
             }
             let direct_mbps = mbps(size * n, start.elapsed());
             for r in 0..n {
-                let _ = c.delete_object().bucket("bench").key(format!("miss-{size}-{r}")).send().await;
+                let _ = c
+                    .delete_object()
+                    .bucket("bench")
+                    .key(format!("miss-{size}-{r}"))
+                    .send()
+                    .await;
             }
             (hit, miss, direct_mbps)
         });
@@ -326,8 +364,12 @@ fn main() {
             hit,
         });
     }
-    println!("GET throughput, MB/s (this machine, one run; each column measured in the same run)\n");
-    println!("| object | loopback | redis | direct s3s-fs | gateway miss | gateway hit | hit/loopback | hit/redis | hit/direct |");
+    println!(
+        "GET throughput, MB/s (this machine, one run; each column measured in the same run)\n"
+    );
+    println!(
+        "| object | loopback | redis | direct s3s-fs | gateway miss | gateway hit | hit/loopback | hit/redis | hit/direct |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
@@ -350,7 +392,11 @@ fn main() {
                 "direct": r.direct, "miss": r.miss, "hit": r.hit})
         })
         .collect();
-    std::fs::write(out.join("bench-get.json"), serde_json::to_vec_pretty(&json).expect("json")).expect("write json");
+    std::fs::write(
+        out.join("bench-get.json"),
+        serde_json::to_vec_pretty(&json).expect("json"),
+    )
+    .expect("write json");
     let png = out.join("bench-get.png");
     match chart(&rows, &png) {
         Ok(()) => println!("\nchart: {}", png.display()),

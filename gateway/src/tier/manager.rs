@@ -1,0 +1,423 @@
+//! The memory manager: the `policy` crate's decisions, carried out by the gateway.
+//!
+//! The policy is pure (events in, decisions out); this adapter feeds it the tier's events with
+//! the gateway's clock (milliseconds since start), turns its placements into chunk layouts, and
+//! queues its side effects — evictions, warm-ups, recoveries — as [`Action`]s for the gateway to
+//! carry out outside the policy's lock. A timer task calls `tick` when the policy asks to be
+//! woken (at least every [`TICK_MAX`]) and reports functions' occupancy every
+//! [`OCCUPANCY_INTERVAL`]; the window's state is exported on `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use policy::{Effects, FunctionId as PolicyFunction, LossAction, Placement, Policy};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use super::index::FunctionId;
+use super::{Placer, Relocation};
+use crate::config::{Config, PolicyKind};
+
+/// Longest time between two ticks.
+pub const TICK_MAX: Duration = Duration::from_secs(1);
+/// How often functions' occupancy is reported to the policy.
+pub const OCCUPANCY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Something the policy decided that the gateway must do.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Drop the object from function memory (it stays in the bucket or the journal).
+    Evict {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// Send a warm-up invocation.
+    Warmup(FunctionId),
+    /// A reclaimed function of the active window: restore these chunks onto it.
+    Recover {
+        /// The function.
+        function: FunctionId,
+        /// `(bucket, key, chunk index piece-major)` of every chunk it held.
+        chunks: Vec<(String, String, u32)>,
+    },
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BucketLabels {
+    bucket: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    function: String,
+}
+
+#[derive(Clone, Default)]
+struct WindowMetrics {
+    buckets: Family<StateLabels, Gauge>,
+    functions: Family<StateLabels, Gauge>,
+    bucket_functions: Family<BucketLabels, Gauge>,
+    occupancy: Family<FunctionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    memory_bytes: Gauge,
+    stored_bytes: Gauge,
+    objects: Gauge,
+}
+
+impl WindowMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("gateway_window");
+        r.register(
+            "buckets",
+            "Buckets by state (active, degraded, expired since start)",
+            m.buckets.clone(),
+        );
+        r.register(
+            "functions",
+            "Functions held by buckets, by state",
+            m.functions.clone(),
+        );
+        r.register(
+            "bucket_functions",
+            "Functions of each live bucket",
+            m.bucket_functions.clone(),
+        );
+        r.register(
+            "function_occupancy",
+            "Fraction of each held function's memory in use",
+            m.occupancy.clone(),
+        );
+        r.register(
+            "memory_bytes",
+            "Function memory held by the window",
+            m.memory_bytes.clone(),
+        );
+        r.register(
+            "stored_bytes",
+            "Chunk bytes the policy tracks",
+            m.stored_bytes.clone(),
+        );
+        r.register(
+            "objects",
+            "Objects the policy tracks in memory",
+            m.objects.clone(),
+        );
+        m
+    }
+}
+
+/// The policy and what the gateway needs to drive it.
+pub struct MemoryManager {
+    policy: Mutex<Box<dyn Policy>>,
+    epoch: Instant,
+    /// Which write (object id) the policy's entry for a key belongs to.
+    owners: Mutex<HashMap<String, u128>>,
+    per_piece: usize,
+    prefix: String,
+    actions: mpsc::UnboundedSender<Action>,
+    metrics: WindowMetrics,
+}
+
+fn policy_key(bucket: &str, key: &str) -> String {
+    format!("{bucket}/{key}")
+}
+
+fn split_key(k: &str) -> Option<(String, String)> {
+    k.split_once('/').map(|(b, k)| (b.to_owned(), k.to_owned()))
+}
+
+impl MemoryManager {
+    /// Builds the configured policy over the pool `[functions]` describes.
+    pub fn new(
+        cfg: &Config,
+        registry: &mut Registry,
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Action>), crate::config::ConfigError> {
+        let p = &cfg.policy;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let built = match p.kind {
+            PolicyKind::SlidingWindow => {
+                policy::PolicyConfig::SlidingWindow(policy::WindowConfig {
+                    pool_size: cfg.functions.count,
+                    function_memory_mb: cfg.functions.memory_mb,
+                    reserved_mb: p.reserved_mb,
+                    data_chunks: u32::try_from(cfg.tier.data_chunks).unwrap_or(u32::MAX),
+                    parity_chunks: u32::try_from(cfg.tier.parity_chunks).unwrap_or(u32::MAX),
+                    bucket_ms: ms(p.bucket),
+                    active_buckets: p.active_buckets,
+                    window_buckets: p.window_buckets,
+                    active_warmup_ms: ms(p.active_warmup),
+                    active_jitter_ms: ms(p.active_warmup) / 10,
+                    degraded_warmup_ms: ms(p.degraded_warmup),
+                    degraded_jitter_ms: ms(p.degraded_warmup) / 10,
+                    promote_always_age: p.promote_always_age,
+                    promote_maybe_age: p.promote_maybe_age,
+                    promote_probability: p.promote_probability,
+                    stop_writes_occupancy: p.stop_writes_occupancy,
+                    // At least d + p (one piece), at most the pool.
+                    scale_step: p.scale_step.min(cfg.functions.count).max(
+                        u32::try_from(cfg.tier.data_chunks + cfg.tier.parity_chunks).unwrap_or(0),
+                    ),
+                    min_object_bytes: cfg.tier.min_object_size.as_u64(),
+                    seed: p.seed,
+                })
+            }
+            PolicyKind::FixedPool => policy::PolicyConfig::Infinicache(policy::InfiniCacheConfig {
+                functions: cfg.functions.count,
+                function_memory_mb: cfg.functions.memory_mb,
+                reserved_mb: p.reserved_mb,
+                data_chunks: u32::try_from(cfg.tier.data_chunks).unwrap_or(u32::MAX),
+                parity_chunks: u32::try_from(cfg.tier.parity_chunks).unwrap_or(u32::MAX),
+                warmup_ms: ms(p.active_warmup),
+                jitter_ms: ms(p.active_warmup) / 10,
+                min_object_bytes: cfg.tier.min_object_size.as_u64(),
+                seed: p.seed,
+            }),
+        }
+        .build()
+        .map_err(|e| crate::config::ConfigError::Invalid(format!("policy: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let me = Arc::new(Self {
+            policy: Mutex::new(built),
+            epoch: Instant::now(),
+            owners: Mutex::new(HashMap::new()),
+            per_piece: cfg.tier.data_chunks + cfg.tier.parity_chunks,
+            prefix: cfg.functions.name_prefix.clone(),
+            actions: tx,
+            metrics: WindowMetrics::register(registry),
+        });
+        Ok((me, rx))
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Policy>> {
+        self.policy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, u128>> {
+        self.owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues the side effects of a decision (called without the policy's lock held).
+    fn apply(&self, fx: Effects) {
+        if fx.is_empty() {
+            return;
+        }
+        for k in fx.evicted {
+            if let Some((bucket, key)) = split_key(&k) {
+                self.owners().remove(&k);
+                let _ = self.actions.send(Action::Evict { bucket, key });
+            }
+        }
+        for b in &fx.expired {
+            info!(bucket = b.0, "window bucket expired");
+        }
+        for b in &fx.degraded {
+            debug!(bucket = b.0, "window bucket degraded");
+        }
+        for g in fx.opened.iter().chain(&fx.scaled_out) {
+            debug!(
+                bucket = g.bucket.0,
+                functions = g.functions.len(),
+                "window bucket grew"
+            );
+        }
+        for w in fx.warmups {
+            let _ = self.actions.send(Action::Warmup(w.function.0));
+        }
+    }
+
+    /// Starts the timer task: ticks, occupancy reports (from `occupancy`), metrics.
+    pub fn run(self: &Arc<Self>, occupancy: Arc<dyn Fn() -> Vec<(FunctionId, u64)> + Send + Sync>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last_occupancy = Instant::now();
+            loop {
+                let Some(me) = weak.upgrade() else { return };
+                let now = me.now();
+                let (fx, wake) = {
+                    let mut p = me.lock();
+                    let mut fx = p.tick(now);
+                    if last_occupancy.elapsed() >= OCCUPANCY_INTERVAL {
+                        for (f, used) in occupancy() {
+                            fx.extend(p.occupancy(now, PolicyFunction(f), used));
+                        }
+                        last_occupancy = Instant::now();
+                    }
+                    (fx, p.next_wakeup())
+                };
+                me.apply(fx);
+                me.export();
+                let sleep = wake
+                    .map_or(TICK_MAX, |w| {
+                        Duration::from_millis(w.saturating_sub(me.now()))
+                    })
+                    .clamp(Duration::from_millis(10), TICK_MAX);
+                drop(me);
+                tokio::time::sleep(sleep).await;
+            }
+        });
+    }
+
+    fn export(&self) {
+        let snap = self.lock().snapshot();
+        let m = &self.metrics;
+        let st = |s: &str| StateLabels { state: s.into() };
+        m.buckets
+            .get_or_create(&st("active"))
+            .set(i64::from(snap.stats.active_buckets));
+        m.buckets
+            .get_or_create(&st("degraded"))
+            .set(i64::from(snap.stats.degraded_buckets));
+        m.buckets
+            .get_or_create(&st("expired"))
+            .set(i64::try_from(snap.stats.expired_buckets).unwrap_or(i64::MAX));
+        m.functions
+            .get_or_create(&st("active"))
+            .set(i64::from(snap.stats.active_functions));
+        m.functions
+            .get_or_create(&st("degraded"))
+            .set(i64::from(snap.stats.degraded_functions));
+        m.memory_bytes
+            .set(i64::try_from(snap.stats.memory_bytes).unwrap_or(i64::MAX));
+        m.stored_bytes
+            .set(i64::try_from(snap.stats.stored_bytes).unwrap_or(i64::MAX));
+        m.objects
+            .set(i64::try_from(snap.stats.objects).unwrap_or(i64::MAX));
+        m.bucket_functions.clear();
+        for b in &snap.buckets {
+            m.bucket_functions
+                .get_or_create(&BucketLabels {
+                    bucket: b.id.0.to_string(),
+                })
+                .set(i64::try_from(b.functions.len()).unwrap_or(i64::MAX));
+        }
+        m.occupancy.clear();
+        for f in &snap.functions {
+            m.occupancy
+                .get_or_create(&FunctionLabels {
+                    function: f.id.lambda_name(&self.prefix),
+                })
+                .set(f.occupancy);
+        }
+    }
+
+    /// A function's memory is gone: what the policy wants done.
+    pub fn function_lost(&self, f: FunctionId) {
+        let now = self.now();
+        let d = self.lock().function_lost(now, PolicyFunction(f));
+        match d.action {
+            LossAction::Recover { chunks } => {
+                let chunks = chunks
+                    .into_iter()
+                    .filter_map(|c| split_key(&c.key).map(|(b, k)| (b, k, c.index)))
+                    .collect();
+                let _ = self.actions.send(Action::Recover {
+                    function: f,
+                    chunks,
+                });
+            }
+            LossAction::Delegate { chunks_lost } | LossAction::RepairOnRead { chunks_lost } => {
+                info!(
+                    function = f,
+                    chunks_lost, "lost function not recovered (degraded or fixed pool)"
+                );
+            }
+            LossAction::Nothing => {}
+        }
+        self.apply(d.effects);
+    }
+}
+
+impl Placer for MemoryManager {
+    fn place(
+        &self,
+        bucket: &str,
+        key: &str,
+        object: u128,
+        size: u64,
+        pieces: usize,
+        per_piece: usize,
+    ) -> Option<Vec<Vec<FunctionId>>> {
+        if per_piece != self.per_piece {
+            return None;
+        }
+        let k = policy_key(bucket, key);
+        let now = self.now();
+        let d = self
+            .lock()
+            .put(now, &k, size, u32::try_from(pieces).unwrap_or(u32::MAX));
+        let out = match d.placement {
+            Placement::Functions(layout) => {
+                self.owners().insert(k, object);
+                Some(
+                    layout
+                        .functions
+                        .chunks(per_piece)
+                        .map(|c| c.iter().map(|f| f.0).collect())
+                        .collect(),
+                )
+            }
+            Placement::Node | Placement::Bypass(_) => {
+                self.owners().remove(&k);
+                None
+            }
+        };
+        self.apply(d.effects);
+        out
+    }
+
+    fn on_read(&self, bucket: &str, key: &str, object: u128) -> Vec<Relocation> {
+        let k = policy_key(bucket, key);
+        if self.owners().get(&k) != Some(&object) {
+            return Vec::new();
+        }
+        let now = self.now();
+        let d = self.lock().get(now, &k);
+        let per_piece = self.per_piece as u32;
+        let moves = d
+            .relocation
+            .iter()
+            .map(|m| Relocation {
+                piece: m.index / per_piece,
+                chunk: m.index % per_piece,
+                from: m.from.map(|f| f.0),
+                to: m.to.0,
+            })
+            .collect();
+        self.apply(d.effects);
+        moves
+    }
+
+    fn forget(&self, bucket: &str, key: &str, object: u128) {
+        let k = policy_key(bucket, key);
+        {
+            let mut owners = self.owners();
+            if owners.get(&k) != Some(&object) {
+                return;
+            }
+            owners.remove(&k);
+        }
+        let now = self.now();
+        let d = self.lock().delete(now, &k);
+        self.apply(d.effects);
+    }
+}
