@@ -181,6 +181,13 @@ pub struct EmbeddedConfig {
     pub listen: SocketAddr,
     /// Directory of the embedded store's files. Default: `<data_dir>/backend`.
     pub dir: Option<PathBuf>,
+    /// S3-like profile, for measurements: delay before the first byte of every GET body.
+    /// Default `0s` (off).
+    #[serde(with = "humantime_serde")]
+    pub first_byte_latency: Duration,
+    /// S3-like profile: bytes per second of every GET body (per connection); 0 (the default)
+    /// is unlimited. A Lambda function sees about `40MB` from S3.
+    pub bandwidth_per_connection: ByteSize,
 }
 
 impl Default for EmbeddedConfig {
@@ -188,6 +195,8 @@ impl Default for EmbeddedConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir: None,
+            first_byte_latency: Duration::ZERO,
+            bandwidth_per_connection: ByteSize::b(0),
         }
     }
 }
@@ -284,6 +293,13 @@ pub struct TierConfig {
     /// Per-chunk request timeout. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub chunk_timeout: Duration,
+    /// Parallel streams restoring a reclaimed function's chunks (InfiniStore used 20 helper
+    /// functions). Default 20.
+    pub recovery_parallelism: usize,
+    /// Longest delay between two attempts to persist a write (the delay doubles from 0.5 s).
+    /// Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub persist_retry_max: Duration,
 }
 
 impl Default for TierConfig {
@@ -301,6 +317,8 @@ impl Default for TierConfig {
             persist_part_size: ByteSize::mib(64),
             flush_timeout: Duration::from_secs(60),
             chunk_timeout: Duration::from_secs(5),
+            recovery_parallelism: 20,
+            persist_retry_max: Duration::from_secs(30),
         }
     }
 }

@@ -78,6 +78,10 @@ pub async fn start(cfg: &Config) -> Result<Gateway, GatewayError> {
             &cfg.embedded_dir(),
             &cfg.backend.access_key,
             &cfg.backend.secret_key,
+            embedded::throttle::S3Profile {
+                first_byte: cfg.embedded.first_byte_latency,
+                bandwidth: cfg.embedded.bandwidth_per_connection.as_u64(),
+            },
         )
         .await?;
         info!(addr = %h.addr, dir = %h.dir.display(), "embedded backing store started");
@@ -232,9 +236,8 @@ async fn start_tier(
             match a {
                 tier::manager::Action::Evict { bucket, key } => t.evict(&bucket, &key),
                 tier::manager::Action::Warmup(f) => p.warmup(f),
-                tier::manager::Action::Recover { function, chunks } => {
-                    t.recover(function, chunks.len())
-                }
+                tier::manager::Action::Recover(f) => t.recover(f),
+                tier::manager::Action::Abandon(f) => t.abandon(f),
             }
         }
     });

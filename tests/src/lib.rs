@@ -277,6 +277,20 @@ impl GatewayProc {
         s3_client(&self.endpoint, ACCESS_KEY, SECRET_KEY)
     }
 
+    /// The value of a metric series from `/metrics`: `name` matches an unlabeled series or
+    /// the first labeled one; `name{labels}` matches exactly. 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics");
+        text.lines()
+            .find(|l| {
+                l.strip_prefix(series)
+                    .is_some_and(|rest| series.ends_with('}') || rest.starts_with([' ', '{']))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// GET on the admin server: (status, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         let (status, _, body) = raw::http_get(&format!("{}{path}", self.admin), &[]);

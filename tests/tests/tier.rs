@@ -34,18 +34,9 @@ idle_tail = "3s"
     )
 }
 
-fn metric(gw: &GatewayProc, name: &str) -> f64 {
-    let (_, text) = gw.admin_get("/metrics");
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn wait_persisted(gw: &GatewayProc, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while metric(gw, "gateway_tier_dirty_objects") > 0.0 {
+    while gw.metric("gateway_tier_dirty_objects") > 0.0 {
         assert!(
             Instant::now() < deadline,
             "writes not persisted within {timeout:?}"
@@ -266,11 +257,11 @@ fn model_based_operations_match_an_in_memory_model() {
         panic!("{e}");
     }
     assert!(
-        metric(&gw, "gateway_tier_hits_total") > 0.0,
+        gw.metric("gateway_tier_hits_total") > 0.0,
         "some reads came from function memory"
     );
-    assert!(metric(&gw, "gateway_tier_admitted_total") > 0.0);
-    assert_eq!(metric(&gw, "gateway_tier_admission_failures_total"), 0.0);
+    assert!(gw.metric("gateway_tier_admitted_total") > 0.0);
+    assert_eq!(gw.metric("gateway_tier_admission_failures_total"), 0.0);
 }
 
 /// The provider reclaims `p` functions holding chunks of every piece while clients read:
@@ -340,11 +331,11 @@ async fn reads_survive_p_reclaimed_functions() {
     }
     assert!(total > 8, "readers made progress ({total} GETs)");
     assert!(
-        metric(&gw, "gateway_tier_decodes_total") > 0.0,
+        gw.metric("gateway_tier_decodes_total") > 0.0,
         "pieces were rebuilt from parity"
     );
     assert!(
-        metric(&gw, "gateway_function_reclaims_total") >= 1.0,
+        gw.metric("gateway_function_reclaims_total") >= 1.0,
         "the reclaims were detected"
     );
     drop(emu);
@@ -390,7 +381,7 @@ async fn acknowledged_writes_survive_kill_9_of_everything() {
             .unwrap_or_else(|e| panic!("PUT {k}: {e}"));
     }
     assert_eq!(
-        metric(&gw, "gateway_tier_dirty_objects"),
+        gw.metric("gateway_tier_dirty_objects"),
         5.0,
         "acknowledged, not yet in the bucket"
     );
@@ -445,7 +436,7 @@ async fn backing_store_outage() {
         &Backend::External(weed.s3_url.clone()),
         GatewayOptions {
             config: Some(tier_config(
-                "journal_capacity = \"600KiB\"\njournal_wait = \"1s\"",
+                "journal_capacity = \"600KiB\"\njournal_wait = \"1s\"\npersist_retry_max = \"1s\"",
             )),
             ..Default::default()
         },

@@ -11,6 +11,7 @@
 //! the order of their escaped form.
 
 pub mod keys;
+pub mod throttle;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -57,6 +58,7 @@ pub async fn start(
     dir: &Path,
     access_key: &str,
     secret_key: &str,
+    profile: throttle::S3Profile,
 ) -> Result<EmbeddedHandle, GatewayError> {
     std::fs::create_dir_all(dir).map_err(|source| GatewayError::Io {
         context: format!(
@@ -72,6 +74,7 @@ pub async fn start(
             context: format!("cannot resolve {}", dir.display()),
             source,
         })?,
+        profile,
     };
     let mut builder = S3ServiceBuilder::new(store);
     builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
@@ -98,6 +101,7 @@ pub async fn start(
 pub struct EmbeddedStore {
     fs: Arc<FileSystem>,
     root: PathBuf,
+    profile: throttle::S3Profile,
 }
 
 /// Copies the request context (credentials, headers, ...) onto another operation's input.
@@ -382,6 +386,11 @@ impl S3 for EmbeddedStore {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         let mut resp = self.fs.get_object(req).await?;
         resp.output.tag_count = self.tag_count(&bucket, &key).await?;
+        if self.profile.is_active()
+            && let Some(body) = resp.output.body.take()
+        {
+            resp.output.body = Some(self.profile.wrap(body));
+        }
         Ok(resp)
     }
 

@@ -40,13 +40,12 @@ pub enum Action {
     },
     /// Send a warm-up invocation.
     Warmup(FunctionId),
-    /// A reclaimed function of the active window: restore these chunks onto it.
-    Recover {
-        /// The function.
-        function: FunctionId,
-        /// `(bucket, key, chunk index piece-major)` of every chunk it held.
-        chunks: Vec<(String, String, u32)>,
-    },
+    /// A reclaimed function the policy recovers (active window): restore its chunks onto the
+    /// replacement instance.
+    Recover(FunctionId),
+    /// A reclaimed function the policy does not recover (degraded bucket, or nothing it
+    /// tracks): its objects leave memory and come back on their next read.
+    Abandon(FunctionId),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -325,23 +324,21 @@ impl MemoryManager {
         let now = self.now();
         let d = self.lock().function_lost(now, PolicyFunction(f));
         match d.action {
-            LossAction::Recover { chunks } => {
-                let chunks = chunks
-                    .into_iter()
-                    .filter_map(|c| split_key(&c.key).map(|(b, k)| (b, k, c.index)))
-                    .collect();
-                let _ = self.actions.send(Action::Recover {
-                    function: f,
-                    chunks,
-                });
+            // The fixed pool repairs lazily in the policy's model; the gateway restores at once,
+            // which keeps every piece at d + p.
+            LossAction::Recover { .. } | LossAction::RepairOnRead { .. } => {
+                let _ = self.actions.send(Action::Recover(f));
             }
-            LossAction::Delegate { chunks_lost } | LossAction::RepairOnRead { chunks_lost } => {
+            LossAction::Delegate { chunks_lost } => {
                 info!(
                     function = f,
-                    chunks_lost, "lost function not recovered (degraded or fixed pool)"
+                    chunks_lost, "lost function of a degraded bucket: delegated, not recovered"
                 );
+                let _ = self.actions.send(Action::Abandon(f));
             }
-            LossAction::Nothing => {}
+            LossAction::Nothing => {
+                let _ = self.actions.send(Action::Abandon(f));
+            }
         }
         self.apply(d.effects);
     }

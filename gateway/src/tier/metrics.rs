@@ -124,3 +124,72 @@ impl TierMetrics {
         m
     }
 }
+
+/// Labels of recovery counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// `started`, `finished` or `failed`.
+    pub phase: String,
+}
+
+/// Recovery of reclaimed functions.
+#[derive(Clone)]
+pub struct RecoveryMetrics {
+    /// Recoveries started.
+    pub started: Counter,
+    /// Recoveries that restored every chunk.
+    pub finished: Counter,
+    /// Recoveries with chunks that could not be restored.
+    pub failed: Counter,
+    /// Chunks restored.
+    pub chunks: Counter,
+    /// Time from start to the last chunk restored.
+    pub duration: prometheus_client::metrics::histogram::Histogram,
+    /// Pieces with a chunk being restored (returns to 0).
+    pub below_redundancy: Gauge,
+}
+
+impl RecoveryMetrics {
+    /// Registers `gateway_recoveries_total{phase}`, `gateway_recovery_duration_seconds`,
+    /// `gateway_recovered_chunks_total` and `gateway_pieces_below_redundancy`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let phases: prometheus_client::metrics::family::Family<PhaseLabels, Counter> =
+            Default::default();
+        let phase = |p: &str| {
+            phases
+                .get_or_create(&PhaseLabels { phase: p.into() })
+                .clone()
+        };
+        let m = Self {
+            started: phase("started"),
+            finished: phase("finished"),
+            failed: phase("failed"),
+            chunks: Counter::default(),
+            duration: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.05, 2.0, 14),
+            ),
+            below_redundancy: Gauge::default(),
+        };
+        registry.register(
+            "gateway_recoveries",
+            "Recoveries of reclaimed functions, by phase",
+            phases,
+        );
+        registry.register(
+            "gateway_recovery_duration_seconds",
+            "Time to restore a reclaimed function's chunks",
+            m.duration.clone(),
+        );
+        registry.register(
+            "gateway_recovered_chunks",
+            "Chunks restored onto replacement instances",
+            m.chunks.clone(),
+        );
+        registry.register(
+            "gateway_pieces_below_redundancy",
+            "Pieces with a chunk waiting to be restored",
+            m.below_redundancy.clone(),
+        );
+        m
+    }
+}

@@ -26,6 +26,7 @@ pub mod meta;
 pub mod metrics;
 pub mod persist;
 mod read;
+mod recover;
 mod relocate;
 mod write;
 
@@ -94,6 +95,7 @@ pub struct Tier {
     placer: Arc<dyn Placer>,
     client: aws_sdk_s3::Client,
     metrics: TierMetrics,
+    recovery: metrics::RecoveryMetrics,
     buckets: Mutex<HashSet<String>>,
 }
 
@@ -120,6 +122,7 @@ impl Tier {
                 .map_err(|e| crate::GatewayError::Embedded(format!("journal: {e}")))?;
         let journal = Arc::new(journal);
         let metrics = TierMetrics::register(registry);
+        let recovery = metrics::RecoveryMetrics::register(registry);
         let index = Arc::new(Index::default());
         let on_persisted: persist::OnPersisted = {
             let index = index.clone();
@@ -129,6 +132,7 @@ impl Tier {
             journal.clone(),
             client.clone(),
             cfg.persist_concurrency,
+            cfg.persist_retry_max,
             on_persisted,
             metrics.clone(),
         );
@@ -161,6 +165,7 @@ impl Tier {
             placer,
             client,
             metrics,
+            recovery,
             buckets: Mutex::new(buckets),
         });
         let weak = Arc::downgrade(&tier);
@@ -309,17 +314,6 @@ impl Tier {
         }
         self.persister.add(header, space);
         Ok(())
-    }
-
-    /// The policy wants function `f`'s lost chunks restored (see recovery).
-    pub fn recover(self: &Arc<Self>, f: FunctionId, policy_chunks: usize) {
-        let held = self.index.objects_on(f).len();
-        tracing::warn!(
-            function = f,
-            objects = held,
-            policy_chunks,
-            "function lost: recovery not yet implemented"
-        );
     }
 
     /// Frees an object's chunks in the background.

@@ -26,7 +26,7 @@ use crate::error::upstream_error;
 
 /// First retry delay after a failed upload.
 pub const RETRY_MIN: Duration = Duration::from_millis(500);
-/// Longest retry delay.
+/// Longest retry delay by default (`tier.persist_retry_max`).
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// A bucket and key.
@@ -64,6 +64,7 @@ pub struct Persister {
     journal: Arc<Journal>,
     client: aws_sdk_s3::Client,
     slots: Arc<Semaphore>,
+    retry_max: Duration,
     on_persisted: OnPersisted,
     metrics: super::metrics::TierMetrics,
 }
@@ -75,6 +76,7 @@ impl Persister {
         journal: Arc<Journal>,
         client: aws_sdk_s3::Client,
         concurrency: usize,
+        retry_max: Duration,
         on_persisted: OnPersisted,
         metrics: super::metrics::TierMetrics,
     ) -> Arc<Self> {
@@ -85,6 +87,7 @@ impl Persister {
             journal,
             client,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            retry_max,
             on_persisted,
             metrics,
         })
@@ -277,7 +280,7 @@ impl Persister {
                         k.attempts += 1;
                         k.attempts
                     };
-                    let delay = backoff(attempts);
+                    let delay = backoff(attempts, self.retry_max);
                     warn!(bucket = %header.bucket, key = %header.key, seq = header.seq, attempts, ?delay, error = %e, "persisting to the bucket failed; will retry");
                     tokio::time::sleep(delay).await;
                 }
@@ -474,9 +477,9 @@ where
     )
 }
 
-fn backoff(attempts: u32) -> Duration {
+fn backoff(attempts: u32, max: Duration) -> Duration {
     let exp = RETRY_MIN.saturating_mul(1u32 << attempts.min(16).saturating_sub(1));
-    exp.min(RETRY_MAX)
+    exp.min(max)
 }
 
 /// Base64 MD5 for Content-MD5.
@@ -519,9 +522,9 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_caps() {
-        assert_eq!(backoff(1), RETRY_MIN);
-        assert_eq!(backoff(2), RETRY_MIN * 2);
-        assert_eq!(backoff(40), RETRY_MAX);
+        assert_eq!(backoff(1, RETRY_MAX), RETRY_MIN);
+        assert_eq!(backoff(2, RETRY_MAX), RETRY_MIN * 2);
+        assert_eq!(backoff(40, RETRY_MAX), RETRY_MAX);
     }
 
     #[test]

@@ -237,12 +237,106 @@ fn chart(rows: &[Row], path: &PathBuf) -> Result<(), Box<dyn std::error::Error>>
     Ok(())
 }
 
+/// Restores a function holding `held_mib` MiB against the S3-like profile (20 ms first byte,
+/// 40 MB/s per connection) with each parallelism; prints a table of times and speedups.
+fn recovery_bench(held_mib: usize, parallelism: &[usize]) {
+    const SECRET: &str = "bench-recovery-secret-0123456789";
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // 12 functions, 10 + 2: every piece has one 1 MiB chunk on each function, so a function
+    // holds one chunk per piece: held_mib MiB means held_mib pieces of 10 MiB.
+    let object_mib = 50;
+    let objects = (held_mib / (object_mib / 10)).max(1);
+    let mut rows = Vec::new();
+    for &p in parallelism {
+        let emu = integration_tests::LambdaEmulator::start("bench_recovery", SECRET);
+        let config = format!(
+            "[tier]\nrecovery_parallelism = {p}\njournal_capacity = \"8GiB\"\n\n[embedded]\nfirst_byte_latency = \"20ms\"\nbandwidth_per_connection = \"40MB\"\n\n[functions]\ncount = 12\nmemory_mb = {}\n",
+            held_mib * 12 / 10 + 512
+        );
+        let gw = GatewayProc::start_with(
+            "bench_recovery",
+            &Backend::Embedded,
+            GatewayOptions {
+                env: vec![
+                    ("GATEWAY_LAMBDA_ENDPOINT".into(), emu.endpoint.clone()),
+                    ("GATEWAY_FUNCTION_SECRET".into(), SECRET.into()),
+                    ("RUST_LOG".into(), "warn,gateway::tier=info".into()),
+                ],
+                config: Some(config),
+                ..Default::default()
+            },
+        );
+        let c = gw.client();
+        let took = rt.block_on(async {
+            c.create_bucket()
+                .bucket("recovery")
+                .send()
+                .await
+                .expect("bucket");
+            let data = payload(object_mib * MIB, 9);
+            for i in 0..objects {
+                c.put_object()
+                    .bucket("recovery")
+                    .key(format!("o{i}"))
+                    .body(ByteStream::from(data.clone()))
+                    .send()
+                    .await
+                    .expect("PUT");
+            }
+            while gw.metric("gateway_tier_dirty_objects") > 0.0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let endpoint = emu.endpoint.clone();
+            tokio::task::spawn_blocking(move || integration_tests::reclaim(&endpoint, "memfn-3"))
+                .await
+                .expect("reclaim");
+            let start = Instant::now();
+            // The next read reaches the replacement instance: the loss is detected there.
+            read_all(&c, "recovery", "o0").await;
+            while gw.metric("gateway_recoveries_total{phase=\"finished\"}") < 1.0 {
+                assert!(
+                    gw.metric("gateway_recoveries_total{phase=\"failed\"}") == 0.0,
+                    "recovery failed"
+                );
+                assert!(
+                    start.elapsed() < Duration::from_secs(1800),
+                    "recovery did not finish"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            start.elapsed()
+        });
+        let restored = gw.metric("gateway_recovered_chunks_total");
+        eprintln!("P = {p}: {:.2} s ({restored} chunks)", took.as_secs_f64());
+        rows.push((p, took.as_secs_f64()));
+        drop(gw);
+        drop(emu);
+    }
+    let base = rows.first().map_or(1.0, |r| r.1);
+    println!(
+        "Restore of a function holding {held_mib} MiB (S3-like profile: 20 ms first byte, 40 MB/s per connection)\n"
+    );
+    println!(
+        "| P | time (s) | speedup vs P = {} |",
+        rows.first().map_or(1, |r| r.0)
+    );
+    println!("|---:|---:|---:|");
+    for (p, t) in &rows {
+        println!("| {p} | {t:.2} | {:.2}x |", base / t);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--loopback-source") {
         let port = args[2].parse().expect("port");
         let size = args[3].parse().expect("size");
         loopback_source(port, size);
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--recovery") {
+        let held = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(256);
+        recovery_bench(held, &[1, 2, 4, 8]);
         return;
     }
     let mut out = PathBuf::from("target/bench");
