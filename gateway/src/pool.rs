@@ -106,7 +106,12 @@ struct Node {
     invoking: bool,
     view: NodeState,
     last_used: Option<Instant>,
+    /// When the last invocation failed: the next one waits [`INVOKE_RETRY`] after it.
+    failed_at: Option<Instant>,
 }
+
+/// Least time between a failed invocation of a function and the next one.
+pub const INVOKE_RETRY: Duration = Duration::from_millis(500);
 
 struct Slot {
     node: Mutex<Node>,
@@ -277,7 +282,8 @@ impl Pool {
             let notified = slot.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
+            // Decide under the lock, act after it.
+            let backoff = {
                 let mut n = lock(&slot.node);
                 if let Some(c) = n.conn.clone() {
                     if !c.is_closed() && !c.is_going_away() {
@@ -286,12 +292,34 @@ impl Pool {
                     }
                     retire(&mut n, &self.metrics);
                 }
-                if !n.invoking {
-                    n.invoking = true;
-                    let view = n.view;
-                    drop(n);
-                    self.clone().invoke(f, Command::Serve, view);
+                if n.invoking {
+                    None
+                } else {
+                    // After a failed invocation, wait a little before the next one.
+                    let wait = n
+                        .failed_at
+                        .map(|t| INVOKE_RETRY.saturating_sub(t.elapsed()));
+                    match wait.filter(|w| !w.is_zero()) {
+                        Some(w) => Some(w),
+                        None => {
+                            n.invoking = true;
+                            let view = n.view;
+                            drop(n);
+                            self.clone().invoke(f, Command::Serve, view);
+                            None
+                        }
+                    }
                 }
+            };
+            if let Some(w) = backoff {
+                tokio::time::sleep_until((tokio::time::Instant::now() + w).min(deadline)).await;
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ChunkError::Unavailable(
+                        f,
+                        "invocations keep failing".into(),
+                    ));
+                }
+                continue;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(ChunkError::Unavailable(
@@ -336,6 +364,7 @@ impl Pool {
                 .billed_gb_seconds
                 .inc_by(ms.ceil() / 1000.0 * f64::from(self.cfg.memory_mb) / 1024.0);
             self.tokens.revoke(&name, &token);
+            let failed = !matches!(&r, Ok(out) if out.function_error().is_none());
             match r {
                 Ok(out) if out.function_error().is_none() => {
                     let resp: Option<InvocationResponse> = out
@@ -359,7 +388,20 @@ impl Pool {
                 }
             }
             let slot = &self.slots[f as usize];
-            lock(&slot.node).invoking = false;
+            {
+                let mut n = lock(&slot.node);
+                n.invoking = false;
+                n.failed_at = failed.then(Instant::now);
+            }
+            if failed {
+                // The instance may have died (reclaimed, crashed): look at its successor soon,
+                // so a loss is found without waiting for the next request or warm-up.
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(INVOKE_RETRY).await;
+                    pool.warmup(f);
+                });
+            }
             slot.ready.notify_waiters();
         });
     }

@@ -436,7 +436,7 @@ async fn backing_store_outage() {
         &Backend::External(weed.s3_url.clone()),
         GatewayOptions {
             config: Some(tier_config(
-                "journal_capacity = \"600KiB\"\njournal_wait = \"1s\"\npersist_retry_max = \"1s\"",
+                "journal_capacity = \"600KiB\"\njournal_wait = \"1s\"\npersist_retry_max = \"1s\"\nflush_timeout = \"2s\"",
             )),
             ..Default::default()
         },

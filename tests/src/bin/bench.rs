@@ -196,14 +196,17 @@ fn chart(rows: &[Row], path: &PathBuf) -> Result<(), Box<dyn std::error::Error>>
             .margin(20)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0f64..groups as f64, (1f64..max * 2.0).log_scale())?;
+            .build_cartesian_2d(0f64..groups as f64, (1f64..max * 8.0).log_scale())?;
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(groups)
+            // Labels at the group centres (x = i + 0.5) only.
+            .x_labels(groups * 2 + 1)
             .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                rows.get(i)
+                if (x.fract() - 0.5).abs() > 0.01 {
+                    return String::new();
+                }
+                rows.get(x.floor() as usize)
                     .map(|r| format!("{} MiB", r.size / MIB))
                     .unwrap_or_default()
             })
