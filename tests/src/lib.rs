@@ -594,6 +594,21 @@ impl Seaweed {
     }
 }
 
+/// The whole object, or the S3 error code of the failure.
+pub async fn get_bytes(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    match c.get_object().bucket(bucket).key(key).send().await {
+        Ok(o) => Ok(o
+            .body
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_bytes()
+            .to_vec()),
+        Err(e) => Err(e.code().map_or_else(|| format!("{e:?}"), str::to_owned)),
+    }
+}
+
 /// Deterministic pseudo-random bytes (fast, for large payloads).
 pub fn payload(len: usize, seed: u64) -> Vec<u8> {
     use rand::{Rng, SeedableRng};

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use integration_tests::{
-    Backend, GatewayOptions, GatewayProc, LambdaEmulator, Seaweed, payload, tool_or_skip,
-    unique_bucket, weed_bin,
+    Backend, GatewayOptions, GatewayProc, LambdaEmulator, Seaweed, get_bytes, payload,
+    tool_or_skip, unique_bucket, weed_bin,
 };
 
 const SECRET: &str = "recovery-test-secret-0123456789";
@@ -32,19 +32,6 @@ memory_mb = 256
 idle_tail = "3s"
 "#
     )
-}
-
-async fn get_bytes(c: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
-    match c.get_object().bucket(bucket).key(key).send().await {
-        Ok(o) => Ok(o
-            .body
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_bytes()
-            .to_vec()),
-        Err(e) => Err(format!("{e:?}")),
-    }
 }
 
 fn start(name: &str, emu: &LambdaEmulator, backend: &Backend, extra_tier: &str) -> GatewayProc {

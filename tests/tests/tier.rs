@@ -10,8 +10,8 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use integration_tests::{
-    Backend, GatewayOptions, GatewayProc, LambdaEmulator, Seaweed, free_port, md5_hex, payload,
-    s3_client, tool_or_skip, unique_bucket, weed_bin,
+    Backend, GatewayOptions, GatewayProc, LambdaEmulator, Seaweed, free_port, get_bytes, md5_hex,
+    payload, s3_client, tool_or_skip, unique_bucket, weed_bin,
 };
 use proptest::prelude::*;
 
@@ -42,19 +42,6 @@ async fn wait_persisted(gw: &GatewayProc, timeout: Duration) {
             "writes not persisted within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn get_bytes(c: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
-    match c.get_object().bucket(bucket).key(key).send().await {
-        Ok(o) => Ok(o
-            .body
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_bytes()
-            .to_vec()),
-        Err(e) => Err(e.code().unwrap_or("?").to_owned()),
     }
 }
 

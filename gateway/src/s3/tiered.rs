@@ -105,44 +105,38 @@ pub fn meta_from_get(out: &GetObjectOutput) -> ObjectMeta {
     }
 }
 
+/// A GetObject or HeadObject output (same field names) from the tier's metadata.
+macro_rules! output_from_meta {
+    ($ty:ident, $meta:expr, $len:expr) => {{
+        let meta: &ObjectMeta = $meta;
+        $ty {
+            accept_ranges: Some("bytes".into()),
+            content_length: Some(i64::try_from($len).unwrap_or(i64::MAX)),
+            content_type: meta.content_type.clone(),
+            content_encoding: meta.content_encoding.clone(),
+            content_disposition: meta.content_disposition.clone(),
+            content_language: meta.content_language.clone(),
+            cache_control: meta.cache_control.clone(),
+            expires: meta.expires.as_deref().and_then(parse_http_date),
+            website_redirect_location: meta.website_redirect_location.clone(),
+            e_tag: Some(ETag::Strong(meta.etag.clone())),
+            last_modified: Some(timestamp_ms(meta.last_modified_ms)),
+            metadata: (!meta.metadata.is_empty())
+                .then(|| meta.metadata.clone().into_iter().collect()),
+            storage_class: meta.storage_class.clone().map(StorageClass::from),
+            ..Default::default()
+        }
+    }};
+}
+
 /// A GetObject answer from the tier's metadata (the body is set by the caller).
 pub fn get_output(meta: &ObjectMeta, content_length: u64) -> GetObjectOutput {
-    GetObjectOutput {
-        accept_ranges: Some("bytes".into()),
-        content_length: Some(i64::try_from(content_length).unwrap_or(i64::MAX)),
-        content_type: meta.content_type.clone(),
-        content_encoding: meta.content_encoding.clone(),
-        content_disposition: meta.content_disposition.clone(),
-        content_language: meta.content_language.clone(),
-        cache_control: meta.cache_control.clone(),
-        expires: meta.expires.as_deref().and_then(parse_http_date),
-        website_redirect_location: meta.website_redirect_location.clone(),
-        e_tag: Some(ETag::Strong(meta.etag.clone())),
-        last_modified: Some(timestamp_ms(meta.last_modified_ms)),
-        metadata: (!meta.metadata.is_empty()).then(|| meta.metadata.clone().into_iter().collect()),
-        storage_class: meta.storage_class.clone().map(StorageClass::from),
-        ..Default::default()
-    }
+    output_from_meta!(GetObjectOutput, meta, content_length)
 }
 
 /// A HeadObject answer from the tier's metadata.
 pub fn head_output(meta: &ObjectMeta, size: u64) -> HeadObjectOutput {
-    HeadObjectOutput {
-        accept_ranges: Some("bytes".into()),
-        content_length: Some(i64::try_from(size).unwrap_or(i64::MAX)),
-        content_type: meta.content_type.clone(),
-        content_encoding: meta.content_encoding.clone(),
-        content_disposition: meta.content_disposition.clone(),
-        content_language: meta.content_language.clone(),
-        cache_control: meta.cache_control.clone(),
-        expires: meta.expires.as_deref().and_then(parse_http_date),
-        website_redirect_location: meta.website_redirect_location.clone(),
-        e_tag: Some(ETag::Strong(meta.etag.clone())),
-        last_modified: Some(timestamp_ms(meta.last_modified_ms)),
-        metadata: (!meta.metadata.is_empty()).then(|| meta.metadata.clone().into_iter().collect()),
-        storage_class: meta.storage_class.clone().map(StorageClass::from),
-        ..Default::default()
-    }
+    output_from_meta!(HeadObjectOutput, meta, size)
 }
 
 #[cfg(test)]

@@ -208,6 +208,21 @@ impl Tier {
                 .map_err(|e| failed(format!("journal read: {e}")))?;
             return Ok(buf.freeze());
         }
+        self.bucket_range(bucket, key, obj, off, len)
+            .await
+            .map_err(failed)
+    }
+
+    /// `len` bytes at `off` of the bucket's copy of `obj` (If-Match its ETag, so a newer
+    /// version written behind the tier's back is never mixed in).
+    pub(super) async fn bucket_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        obj: &CachedObject,
+        off: u64,
+        len: u64,
+    ) -> Result<Bytes, String> {
         let out = self
             .client
             .get_object()
@@ -218,22 +233,22 @@ impl Tier {
             .send()
             .await
             .map_err(|e| {
-                failed(format!(
+                format!(
                     "bucket read: {}",
                     aws_sdk_s3::error::DisplayErrorContext(&e)
-                ))
+                )
             })?;
         let data = out
             .body
             .collect()
             .await
-            .map_err(|e| failed(format!("bucket read: {e}")))?
+            .map_err(|e| format!("bucket read: {e}"))?
             .into_bytes();
         if data.len() as u64 != len {
-            return Err(failed(format!(
+            return Err(format!(
                 "bucket returned {} bytes, expected {len}",
                 data.len()
-            )));
+            ));
         }
         Ok(data)
     }

@@ -219,45 +219,6 @@ impl Tier {
         Ok(())
     }
 
-    /// `len` bytes at `off` of the bucket's copy of `obj` (If-Match its ETag).
-    async fn bucket_range(
-        &self,
-        bucket: &str,
-        key: &str,
-        obj: &CachedObject,
-        off: u64,
-        len: u64,
-    ) -> Result<Bytes, String> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", off, off + len - 1))
-            .if_match(format!("\"{}\"", obj.meta.etag))
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "bucket read: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                )
-            })?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_bytes();
-        if data.len() as u64 != len {
-            return Err(format!(
-                "bucket returned {} bytes, expected {len}",
-                data.len()
-            ));
-        }
-        Ok(data)
-    }
-
     /// A lost function the policy does not recover (degraded bucket, fixed pool): its objects
     /// leave memory, so no piece stays below redundancy; their next read is a miss that brings
     /// them back into the current bucket (the delegation).
