@@ -2,16 +2,28 @@
 //!
 //! The reader keeps all of its state in the struct, so `read_frame` is cancel-safe (it can sit
 //! in a `select!` or under a timeout). It never reserves buffer space for a frame before the
-//! frame's header has passed [`wire::check`](crate::wire::check), and then reserves exactly the
-//! missing bytes, so a 64 MiB chunk lands in one allocation of about 64 MiB.
+//! frame's header has passed [`wire::check`](crate::wire::check).
+//!
+//! **Allocation discipline** (the function's memory accounting relies on it): a chunk body
+//! handed out by the reader never shares its allocation with other frames, so storing it pins
+//! exactly its own bytes. Frames longer than [`OWN_ALLOCATION`] that are not complete when their
+//! header arrives are received into a buffer of exactly their length (a 64 MiB chunk lands in
+//! one 64 MiB allocation, nothing else in it); a body of [`OWN_ALLOCATION`] bytes or more that
+//! arrived whole inside the shared read buffer is copied out; smaller frames share the read
+//! buffer (the store copies small chunks it keeps, see [`crate::store::COPY_BELOW`]). A read
+//! buffer left over-sized by a dropped large frame is given back once it is empty.
 
 use crate::wire::{Frame, FrameError, HEADER_LEN, Header, Limits};
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Initial (and minimum refill) capacity of the read buffer.
 const READ_CHUNK: usize = 64 * 1024;
+/// Frames longer than this get an allocation of their own (see the module doc).
+pub const OWN_ALLOCATION: usize = 64 * 1024;
+/// An empty read buffer with more capacity than this is replaced by a fresh small one.
+const MAX_IDLE_BUFFER: usize = 4 * READ_CHUNK;
 /// Bodies up to this size are copied into the write batch; larger ones are written directly.
 const INLINE_BODY: usize = 16 * 1024;
 
@@ -46,6 +58,10 @@ pub struct FrameReader<R> {
     limits: Limits,
     /// Bytes of a refused frame still to be discarded, and its header.
     skipping: Option<(usize, Header)>,
+    /// `buf` is an exact-size allocation for the frame at its start.
+    own: bool,
+    /// `admit` accepted the (incomplete) frame at the start of `buf`.
+    admitted: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -56,6 +72,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::with_capacity(READ_CHUNK),
             limits,
             skipping: None,
+            own: false,
+            admitted: false,
         }
     }
 
@@ -78,7 +96,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Next frame, asking `admit` once its header is in whether to buffer it. A refused frame
+    /// Next frame, asking `admit` (once per frame, as soon as its header is in and only if the
+    /// frame is not already whole in the buffer) whether to buffer it. A refused frame
     /// is consumed from the stream without being buffered and reported as
     /// [`Incoming::Skipped`] (the function uses this to answer FULL to a put that cannot fit
     /// without first receiving the chunk into memory).
@@ -105,20 +124,48 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(header) = Header::decode(&self.buf)? {
                 header.check_limits(&self.limits)?;
                 let need = header.frame_len();
-                if self.buf.len() < need && !admit(&header) {
-                    self.skipping = Some((need, header));
-                    continue;
+                if self.buf.len() < need && !self.admitted {
+                    if !admit(&header) {
+                        self.skipping = Some((need, header));
+                        continue;
+                    }
+                    self.admitted = true;
                 }
-                if let Some(frame) = Frame::parse(&mut self.buf, &self.limits)? {
+                if let Some(mut frame) = Frame::parse(&mut self.buf, &self.limits)? {
+                    self.admitted = false;
+                    if std::mem::take(&mut self.own) {
+                        // The frame took the whole exact-size buffer (reads stopped at its
+                        // end, so nothing else is in it); start a fresh one.
+                        debug_assert!(self.buf.is_empty());
+                        self.buf = BytesMut::new();
+                    } else if frame.body.len() >= OWN_ALLOCATION {
+                        // Arrived whole inside the shared buffer: do not let it pin the rest.
+                        frame.body = Bytes::copy_from_slice(&frame.body);
+                    }
                     return Ok(Some(Incoming::Frame(frame)));
                 }
-                // Whole frame not here yet: make room for exactly the rest of it.
-                let missing = need - self.buf.len();
-                if self.buf.capacity() - self.buf.len() < missing {
-                    self.buf.reserve(missing);
+                if need > OWN_ALLOCATION && !self.own {
+                    // Everything buffered belongs to this frame: move it into a buffer of
+                    // exactly the frame's length, so reads stop at the frame's end.
+                    let mut own = BytesMut::with_capacity(need);
+                    own.extend_from_slice(&self.buf);
+                    self.buf = own;
+                    self.own = true;
+                } else {
+                    // Whole frame not here yet: make room for exactly the rest of it.
+                    let missing = need - self.buf.len();
+                    if self.buf.capacity() - self.buf.len() < missing {
+                        self.buf.reserve(missing);
+                    }
                 }
-            } else if self.buf.capacity() - self.buf.len() < HEADER_LEN {
-                self.buf.reserve(READ_CHUNK);
+            } else {
+                if self.buf.is_empty() && self.buf.capacity() > MAX_IDLE_BUFFER {
+                    // Left over-sized by a large frame that was since dropped: give it back.
+                    self.buf = BytesMut::new();
+                }
+                if self.buf.capacity() - self.buf.len() < HEADER_LEN {
+                    self.buf.reserve(READ_CHUNK);
+                }
             }
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() {
@@ -299,6 +346,91 @@ mod tests {
             Incoming::Frame(f) => assert_eq!(f.request_id, 2),
             other => panic!("{other:?}"),
         }
+        w.await.unwrap();
+    }
+
+    fn big_then_small(body: usize) -> (Frame, Frame, Vec<u8>) {
+        let big = Request::Put {
+            id: ChunkId::for_object(1, 0, 0),
+            crc32c: 0,
+            data: Bytes::from(vec![7u8; body]),
+        }
+        .into_frame(1);
+        let small = Request::Stat {
+            id: ChunkId::for_object(2, 0, 0),
+        }
+        .into_frame(2);
+        let mut wire = big.to_bytes().to_vec();
+        wire.extend_from_slice(&small.to_bytes());
+        (big, small, wire)
+    }
+
+    /// Would `next`'s meta sit right behind `prev`'s body in one allocation?
+    fn adjacent(prev: &Frame, next: &Frame) -> bool {
+        prev.body.as_ptr() as usize + prev.body.len() + HEADER_LEN == next.meta.as_ptr() as usize
+    }
+
+    #[tokio::test]
+    async fn a_large_body_never_shares_its_allocation() {
+        // Received piecewise: the big frame gets an exact-size buffer of its own.
+        let (big, small, wire) = big_then_small(300_000);
+        let (mut a, b) = tokio::io::duplex(8192);
+        let w = tokio::spawn(async move { a.write_all(&wire).await.unwrap() });
+        let mut r = FrameReader::new(b, Limits::DEFAULT);
+        let got_big = r.read_frame().await.unwrap().unwrap();
+        assert!(!r.own && r.buf.is_empty() && r.buf.capacity() == 0);
+        let got_small = r.read_frame().await.unwrap().unwrap();
+        assert_eq!((&got_big, &got_small), (&big, &small));
+        assert!(!adjacent(&got_big, &got_small));
+        w.await.unwrap();
+
+        // Arrived whole inside a large shared buffer: the body is copied out.
+        let (big, small, wire) = big_then_small(OWN_ALLOCATION);
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        a.write_all(&wire).await.unwrap();
+        let mut r = FrameReader::new(b, Limits::DEFAULT);
+        r.buf = BytesMut::with_capacity(1 << 20);
+        let got_big = r.read_frame().await.unwrap().unwrap();
+        let got_small = r.read_frame().await.unwrap().unwrap();
+        assert_eq!((&got_big, &got_small), (&big, &small));
+        assert!(!adjacent(&got_big, &got_small));
+
+        // Small frames do share the read buffer (the store copies small chunks it keeps).
+        let (small1, small2, wire) = big_then_small(1000);
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        a.write_all(&wire).await.unwrap();
+        let mut r = FrameReader::new(b, Limits::DEFAULT);
+        let got1 = r.read_frame().await.unwrap().unwrap();
+        let got2 = r.read_frame().await.unwrap().unwrap();
+        assert_eq!((&got1, &got2), (&small1, &small2));
+        assert!(adjacent(&got1, &got2));
+    }
+
+    #[tokio::test]
+    async fn admit_is_asked_once_per_frame_and_a_skip_keeps_the_stream_in_sync() {
+        let (_, small, mut wire) = big_then_small(200_000);
+        let (_, _, more) = big_then_small(150_000);
+        wire.extend_from_slice(&more);
+        let (mut a, b) = tokio::io::duplex(4096);
+        let w = tokio::spawn(async move { a.write_all(&wire).await.unwrap() });
+        let mut r = FrameReader::new(b, Limits::DEFAULT);
+        let mut asked = 0;
+        let first = r
+            .read_frame_admit(|_| {
+                asked += 1;
+                true
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(first, Incoming::Frame(f) if f.body.len() == 200_000));
+        assert_eq!(asked, 1, "admit asked once for a frame read in many pieces");
+        assert_eq!(r.read_frame().await.unwrap().unwrap(), small);
+        match r.read_frame_admit(|_| false).await.unwrap().unwrap() {
+            Incoming::Skipped(h) => assert_eq!(h.body_len, 150_000),
+            Incoming::Frame(f) => panic!("{f:?}"),
+        }
+        assert_eq!(r.read_frame().await.unwrap().unwrap(), small);
         w.await.unwrap();
     }
 

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `MEMFN_SECRET` | deployment secret for the HELLO MAC (>= 16 bytes) | required |
 //! | `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` | memory size in MB (set by Lambda) | required |
-//! | `MEMFN_OVERHEAD_MB` | MiB reserved for runtime and buffers; capacity = memory - overhead | 100 |
+//! | `MEMFN_OVERHEAD_MB` | MiB reserved for the runtime (~10 MB) and one in-flight frame (up to `MEMFN_MAX_CHUNK`); capacity = memory - overhead | 100 |
 //! | `MEMFN_MAX_CHUNK` | largest frame body accepted, bytes | 67108864 |
 //! | `MEMFN_FAULT_INJECTION` | `1` enables FAULT_CORRUPT and the `sleep` command (tests only) | off |
 //! | `MEMFN_PARENT_PID` | exit when the parent (the emulator) dies (set by the emulator) | unset |
@@ -460,11 +460,7 @@ impl Session<'_> {
                 Some((until, _)) => *until,
                 None => self.idle_deadline(),
             };
-            let admit = |h: &wire::Header| {
-                !(h.opcode == Opcode::PutChunk
-                    && !h.is_response()
-                    && !store.fits(h.body_len as u64))
-            };
+            let admit = |h: &wire::Header| refusal(h, &store).is_none();
             let next = timeout_at(
                 tokio::time::Instant::from_std(wake),
                 reader.read_frame_admit(admit),
@@ -499,11 +495,9 @@ impl Session<'_> {
                     self.last_activity = Instant::now();
                     self.requests += 1;
                     store.note_refusal();
-                    let mut e = ErrorBody::new(
-                        ErrorCode::Full,
-                        "chunk does not fit in this function's memory",
-                    );
-                    e.detail = [h.body_len as u64, store.free()];
+                    let e = refusal(&h, &store).unwrap_or_else(|| {
+                        ErrorBody::new(ErrorCode::BadRequest, "frame refused from its header")
+                    });
                     if tx.send(e.into_frame(h.opcode, h.request_id)).await.is_err() {
                         break ConnEnd::Lost("writer closed".into());
                     }
@@ -517,7 +511,10 @@ impl Session<'_> {
                             let is_bye = req == Request::Bye;
                             (self.execute(req), is_bye)
                         }
-                        Err(e) => (Response::Error(ErrorBody::from(&e)), false),
+                        Err(e) => {
+                            store.note_refusal();
+                            (Response::Error(ErrorBody::from(&e)), false)
+                        }
                     };
                     if tx.send(resp.into_frame(op, rid)).await.is_err() {
                         break ConnEnd::Lost("writer closed".into());
@@ -631,6 +628,36 @@ impl Session<'_> {
     }
 }
 
+/// Should the request whose header is `h` be refused before its body is received? A put that
+/// cannot fit (FULL), a PING body over [`wire::MAX_PING_BODY`] and a body on an operation that
+/// takes none (BAD_REQUEST) are answered without buffering the body, so a peer cannot make the
+/// function allocate memory it will not keep.
+fn refusal(h: &wire::Header, store: &Store) -> Option<ErrorBody> {
+    let len = h.body_len as u64;
+    if len == 0 {
+        return None;
+    }
+    match h.opcode {
+        Opcode::PutChunk if !h.is_response() => (!store.fits(len)).then(|| {
+            let mut e = ErrorBody::new(
+                ErrorCode::Full,
+                "chunk does not fit in this function's memory",
+            );
+            e.detail = [len, store.free()];
+            e
+        }),
+        Opcode::Ping if !h.is_response() => (len > wire::MAX_PING_BODY as u64).then(|| {
+            let mut e = ErrorBody::new(ErrorCode::BadRequest, "PING body too large");
+            e.detail = [len, wire::MAX_PING_BODY as u64];
+            e
+        }),
+        _ => Some(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "this frame takes no body",
+        )),
+    }
+}
+
 struct FrameConn {
     reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     writer: tokio::net::tcp::OwnedWriteHalf,
@@ -649,4 +676,109 @@ async fn write_loop(
         batch.flush(&mut w).await?;
     }
     w.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framed::{FrameReader, write_frame};
+    use crate::wire::{ByteRange, ChunkId, NodeState};
+
+    const SECRET: &[u8] = b"unit-test-secret-0123456789";
+
+    /// Runs `handle` in-process against a gateway played by hand, so the test can send frames
+    /// the real client never would.
+    #[tokio::test]
+    async fn bodies_it_would_not_keep_are_refused_from_the_header() {
+        let f = MemFunction::new(FunctionEnv {
+            secret: SECRET.to_vec(),
+            function_name: "node-0".into(),
+            memory_mb: 8,
+            overhead_mb: 4,
+            max_chunk: wire::DEFAULT_MAX_BODY,
+            fault_injection: false,
+        });
+        let gateway = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inv = Invocation::new(
+            Command::Serve,
+            gateway.local_addr().unwrap().to_string(),
+            "node-0",
+            "tok",
+            NodeState::EMPTY,
+        )
+        .with_idle_tail(Duration::from_secs(20));
+        let ctx = InvocationContext {
+            request_id: "req-1".into(),
+            deadline: SystemTime::now() + Duration::from_secs(60),
+        };
+        let f2 = f.clone();
+        let task = tokio::spawn(async move { f2.handle(inv, ctx).await });
+
+        let (stream, _) = gateway.accept().await.unwrap();
+        let (rd, mut wr) = stream.into_split();
+        let mut r = FrameReader::new(rd, Limits::DEFAULT);
+        let nonce = [9u8; wire::NONCE_LEN];
+        write_frame(&mut wr, &wire::challenge_frame(&nonce))
+            .await
+            .unwrap();
+        let hello = Hello::verify(&r.read_frame().await.unwrap().unwrap(), SECRET, &nonce).unwrap();
+        assert_eq!(hello.stats.capacity_bytes, 4 << 20);
+        write_frame(&mut wr, &wire::welcome_frame()).await.unwrap();
+
+        let id = ChunkId::for_object(1, 0, 0);
+        let big = Bytes::from(vec![1u8; 5 << 20]);
+        let put_big = Request::Put {
+            id: id.clone(),
+            crc32c: crc32c::crc32c(&big),
+            data: big,
+        }
+        .into_frame(1);
+        let ping_big = Request::Ping {
+            payload: Bytes::from(vec![2u8; wire::MAX_PING_BODY + 1]),
+        }
+        .into_frame(2);
+        let mut get_with_body = Request::Get {
+            id: id.clone(),
+            range: ByteRange::ALL,
+        }
+        .into_frame(3);
+        get_with_body.body = Bytes::from_static(b"unexpected");
+        let small = Bytes::from_static(b"fits");
+        let put_small = Request::Put {
+            id: id.clone(),
+            crc32c: crc32c::crc32c(&small),
+            data: small,
+        }
+        .into_frame(4);
+        for frame in [&put_big, &ping_big, &get_with_body, &put_small] {
+            write_frame(&mut wr, frame).await.unwrap();
+        }
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            let f = r.read_frame().await.unwrap().unwrap();
+            answers.push((f.request_id, Response::from_frame(f).unwrap()));
+        }
+        let code = |i: usize| match &answers[i].1 {
+            Response::Error(e) => Some(e.code),
+            _ => None,
+        };
+        assert_eq!(answers[0].0, 1);
+        assert_eq!(code(0), Some(ErrorCode::Full));
+        assert_eq!(code(1), Some(ErrorCode::BadRequest));
+        assert_eq!(code(2), Some(ErrorCode::BadRequest));
+        assert!(matches!(answers[3], (4, Response::Put(ack)) if ack.stats.chunks == 1));
+
+        write_frame(&mut wr, &Request::Bye.into_frame(5))
+            .await
+            .unwrap();
+        let bye = Response::from_frame(r.read_frame().await.unwrap().unwrap()).unwrap();
+        assert!(matches!(bye, Response::Bye(ack) if ack.state.term == 1));
+        let resp = task.await.unwrap();
+        assert_eq!(resp.outcome, Outcome::Bye);
+        assert_eq!(resp.requests, 5);
+        assert_eq!(resp.counters.errors, 3);
+        assert_eq!(resp.view, ViewCheck::Fresh);
+        // Nothing refused was ever buffered whole: the store holds only the small chunk.
+        assert_eq!(f.store().ack().stats.chunks, 1);
+    }
 }

@@ -76,7 +76,7 @@ pub struct Counters {
     pub bytes_in: u64,
     /// Bytes read.
     pub bytes_out: u64,
-    /// Operations refused (full, not found, corrupt, bad range).
+    /// Requests refused (full, not found, corrupt, bad range, malformed).
     pub errors: u64,
 }
 

@@ -84,10 +84,17 @@
 //!                    (ids > after, ascending; after_len 0 =      count x (ChunkId | len u64 |
 //!                     from the start; limit clamped 1..=4096)      crc32c u32) in the body
 //! 0x15 STATS         (empty)                                   Ack
-//! 0x20 PING          (empty) | any body (echoed)               (empty) | the same body
+//! 0x20 PING          (empty) | body <= 1 MiB (echoed)          (empty) | the same body
 //! 0x21 BYE           (empty)                                   Ack; then the function closes
 //! 0x7E FAULT_CORRUPT ChunkId  (only if MEMFN_FAULT_INJECTION)  (empty)
 //! ```
+//!
+//! **Refused from the header.** The function decides on a request as soon as its header is in
+//! and, if it refuses, discards the body as it arrives without buffering it: a PUT_CHUNK whose
+//! body cannot fit in the free capacity gets `FULL` (detail0 = body length, detail1 = bytes
+//! free), a PING body over 1 MiB and a body on any other request get `BAD_REQUEST`. The
+//! connection carries on. (A put that would replace a chunk of the same id is judged without
+//! counting the old chunk's space as free.)
 //!
 //! Every chunk carries a CRC32C (Castagnoli): the gateway sends it with PUT_CHUNK and the
 //! function recomputes it before storing (`CORRUPT` on mismatch); the function re-checks the
@@ -158,6 +165,8 @@ pub const MAX_INVOCATION_ID: usize = 128;
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 /// Largest LIST page the function returns.
 pub const MAX_LIST_LIMIT: u32 = 4096;
+/// Largest PING body the function echoes.
+pub const MAX_PING_BODY: usize = 1024 * 1024;
 /// Header flag: this frame answers a request.
 pub const FLAG_RESPONSE: u8 = 0x01;
 /// Header flag: this response is an error (meta is an [`ErrorBody`]).

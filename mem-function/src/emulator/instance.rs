@@ -265,6 +265,11 @@ impl Instance {
         self.dead.is_cancelled()
     }
 
+    /// Dead, or its kill was requested (reclaim, timeout): it takes no new invocations.
+    pub(crate) fn is_dying(&self) -> bool {
+        self.kill.is_cancelled() || self.dead.is_cancelled()
+    }
+
     pub(crate) fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
@@ -290,11 +295,21 @@ impl Instance {
         }
     }
 
-    /// Idle time, if the instance is idle and nothing waits for it.
-    pub(crate) fn idle_for(&self) -> Option<Duration> {
+    /// Kill the instance if it has been idle for `limit` with nothing waiting for it. Decided
+    /// under the state lock that `invoke` takes to mark the instance busy, and `invoke` checks
+    /// the kill under that lock too, so an invocation is never delivered to an instance being
+    /// reclaimed: it goes to a new one.
+    pub(crate) fn reclaim_if_idle(&self, limit: Duration) -> bool {
         let st = self.st();
-        (st.phase == InstancePhase::Idle && self.queued() == 0 && !self.is_dead())
-            .then(|| st.last_active.elapsed())
+        let idle = st.phase == InstancePhase::Idle
+            && self.queued() == 0
+            && !self.is_dead()
+            && !self.kill.is_cancelled()
+            && st.last_active.elapsed() >= limit;
+        if idle {
+            self.kill.cancel();
+        }
+        idle
     }
 
     pub(crate) fn info(&self) -> InstanceInfo {
@@ -336,15 +351,16 @@ impl Instance {
             _ = emu.cancel.cancelled() => return Err(EmulatorError::ShuttingDown),
         };
         queue.leave();
-        if self.is_dead() {
-            return Ok(InvokeResult::Retry);
-        }
         let request_id = uuid::Uuid::new_v4().to_string();
         let deadline_unix_ms = unix_ms(SystemTime::now() + self.timeout);
         let (tx, rx) = oneshot::channel();
-        self.results().insert(request_id.clone(), tx);
         {
             let mut st = self.st();
+            if self.is_dead() || self.kill.is_cancelled() {
+                // Reclaimed (or dying) while we waited for our turn: use a new instance.
+                return Ok(InvokeResult::Retry);
+            }
+            self.results().insert(request_id.clone(), tx);
             st.phase = InstancePhase::Busy;
             st.current = Some(request_id.clone());
             st.invocations += 1;

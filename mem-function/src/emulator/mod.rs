@@ -84,6 +84,9 @@ fn default_max_queued() -> usize {
 }
 
 /// Emulator configuration. Sizes in MB as Lambda counts them; durations as "15m", "900s".
+/// `lambda-emulator --config FILE` reads it as JSON; `mem-function/lambda-emulator.example.json`
+/// shows every field. Keep `MEMFN_SECRET` out of the file: the binary copies it from its own
+/// environment into [`EmulatorConfig::env`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmulatorConfig {
@@ -261,7 +264,7 @@ impl Emu {
         }
         let mut reg = self.registry();
         if let Some(i) = reg.by_name.get(name)
-            && !i.is_dead()
+            && !i.is_dying()
         {
             return Ok(i.clone());
         }
@@ -336,7 +339,7 @@ impl Emu {
         let mut v: Vec<InstanceInfo> = self
             .all()
             .iter()
-            .filter(|i| !i.is_dead())
+            .filter(|i| !i.is_dying())
             .map(|i| i.info())
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -354,9 +357,8 @@ impl Emu {
                 _ = tokio::time::sleep(tick) => {}
             }
             for inst in self.all() {
-                if inst.idle_for().is_some_and(|idle| idle >= limit) {
+                if inst.reclaim_if_idle(limit) {
                     info!(function = %inst.name, pid = inst.pid, "reclaiming idle instance");
-                    inst.kill();
                 }
             }
         }
@@ -497,5 +499,20 @@ mod tests {
         assert_eq!(c.functions["node-1"].timeout, Some(Duration::from_secs(5)));
         let c: EmulatorConfig = serde_json::from_str(r#"{"reclaim_after_idle":null}"#).unwrap();
         assert_eq!(c.reclaim_after_idle, None);
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let c: EmulatorConfig =
+            serde_json::from_str(include_str!("../../lambda-emulator.example.json")).unwrap();
+        assert_eq!(c.bind, SocketAddr::from(([127, 0, 0, 1], 9001)));
+        assert_eq!(c.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(c.reclaim_after_idle, Some(DEFAULT_RECLAIM_AFTER_IDLE));
+        assert_eq!(c.functions["node-0"].memory_mb, Some(3008));
+        assert_eq!(c.functions["node-1"].env["RUST_LOG"], "debug");
+        assert!(
+            !c.env.contains_key("MEMFN_SECRET"),
+            "secrets come from the environment"
+        );
     }
 }

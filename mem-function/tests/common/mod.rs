@@ -107,9 +107,18 @@ pub struct Harness {
     logs: tempfile::TempDir,
 }
 
+/// An Invoke API client for a loopback endpoint. Its HTTP client is built without proxy
+/// support: with the latest behavior version the SDK would otherwise honour `HTTP_PROXY` and
+/// friends from the environment, and send loopback requests to a proxy unless `NO_PROXY`
+/// covers 127.0.0.1 (tests cannot set it for themselves: `set_var` is unsafe).
 pub fn lambda_client(endpoint: &str) -> aws_sdk_lambda::Client {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .build_https();
     let conf = aws_sdk_lambda::Config::builder()
         .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+        .http_client(http)
         .region(aws_sdk_lambda::config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_lambda::config::Credentials::new(
