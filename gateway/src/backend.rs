@@ -14,6 +14,31 @@ use crate::config::BackendConfig;
 /// Time `/readyz` waits for the backing store to answer.
 pub const READINESS_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Whether `endpoint` (`http://host:port`) is on this machine.
+pub fn is_loopback(endpoint: &str) -> bool {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An HTTP client for the AWS SDKs that never goes through a proxy: for loopback endpoints
+/// (the embedded store, the local emulator), which `HTTP_PROXY` must not capture. Other
+/// endpoints use the SDK's default client, which honours the proxy settings.
+pub fn direct_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .build_https()
+}
+
 /// Builds the client for the backing store at `endpoint` (the configured URL, or the embedded
 /// store's address).
 pub fn build_client(cfg: &BackendConfig, endpoint: &str) -> aws_sdk_s3::Client {
@@ -28,7 +53,11 @@ pub fn build_client(cfg: &BackendConfig, endpoint: &str) -> aws_sdk_s3::Client {
         .connect_timeout(cfg.connect_timeout)
         .read_timeout(cfg.read_timeout)
         .build();
-    let conf = aws_sdk_s3::Config::builder()
+    let mut conf = aws_sdk_s3::Config::builder();
+    if is_loopback(endpoint) {
+        conf = conf.http_client(direct_http_client());
+    }
+    let conf = conf
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(cfg.region.clone()))
         .endpoint_url(endpoint)
@@ -73,4 +102,26 @@ pub async fn probe(client: &aws_sdk_s3::Client, health_bucket: &str) -> Result<(
 
 fn describe<E: std::error::Error>(e: &E) -> String {
     aws_sdk_s3::error::DisplayErrorContext(e).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_endpoints() {
+        for e in [
+            "http://127.0.0.1:9000",
+            "http://localhost:1",
+            "http://[::1]:80/x",
+            "127.0.0.5",
+        ] {
+            assert!(super::is_loopback(e), "{e}");
+        }
+        for e in [
+            "https://s3.us-east-1.amazonaws.com",
+            "http://10.0.0.1:9000",
+            "http://example.com",
+        ] {
+            assert!(!super::is_loopback(e), "{e}");
+        }
+    }
 }

@@ -156,7 +156,11 @@ pub fn lambda_client(cfg: &FunctionsConfig, endpoint: &str) -> aws_sdk_lambda::C
         None,
         "gateway-config",
     );
-    let conf = aws_sdk_lambda::Config::builder()
+    let mut conf = aws_sdk_lambda::Config::builder();
+    if crate::backend::is_loopback(endpoint) {
+        conf = conf.http_client(crate::backend::direct_http_client());
+    }
+    let conf = conf
         .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
         .region(aws_sdk_lambda::config::Region::new(
             cfg.lambda_region.clone(),

@@ -98,10 +98,14 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// SIGKILL to the whole group, then reap.
+    /// SIGKILL to every descendant (function processes run in process groups of their own,
+    /// and may be frozen), to the whole group, then reap.
     pub fn kill(&mut self) {
-        use nix::sys::signal::{Signal, killpg};
+        use nix::sys::signal::{Signal, kill, killpg};
         use nix::unistd::Pid;
+        for d in descendants_of(self.child.id()) {
+            let _ = kill(Pid::from_raw(d), Signal::SIGKILL);
+        }
         if let Ok(pid) = i32::try_from(self.child.id()) {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
@@ -321,6 +325,21 @@ pub fn children_of(pid: u32) -> Vec<i32> {
             .and_then(|s| s.parse::<u32>().ok());
         if ppid == Some(pid) {
             out.push(p);
+        }
+    }
+    out
+}
+
+/// Every process below `pid`.
+pub fn descendants_of(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for c in children_of(p) {
+            out.push(c);
+            if let Ok(c) = u32::try_from(c) {
+                frontier.push(c);
+            }
         }
     }
     out
