@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use crate::config::Config;
 pub use crate::error::GatewayError;
@@ -257,10 +257,23 @@ async fn start_tier(
 }
 
 impl Gateway {
-    /// Stops accepting, drains in-flight requests (at most `grace`), then stops the admin server
-    /// and the embedded store.
+    /// Stops accepting, drains in-flight requests (at most `grace`), persists acknowledged
+    /// writes (at most `grace` more), then stops the admin server and the embedded store.
     pub async fn shutdown(self, grace: Duration) {
         self.s3.shutdown(grace).await;
+        // Acknowledged writes still waiting for the bucket get the same grace; what is left
+        // stays in the journal for the next start.
+        if let Some(t) = &self.tier {
+            let left = t.drain_writes(grace).await;
+            if left == 0 {
+                info!("every acknowledged write is in the bucket");
+            } else {
+                warn!(
+                    keys = left,
+                    "writes not yet in the bucket stay in the journal; the next start persists them"
+                );
+            }
+        }
         self.admin_stop.cancel();
         let _ = tokio::time::timeout(grace, self.admin_task).await;
         drop(self.tier);

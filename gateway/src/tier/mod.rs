@@ -250,6 +250,12 @@ impl Tier {
             .await
     }
 
+    /// Waits, at most `timeout`, until every acknowledged write is in the bucket (at shutdown);
+    /// returns how many keys are left to the journal replay of the next start.
+    pub async fn drain_writes(&self, timeout: Duration) -> usize {
+        self.persister.wait_all_clean(timeout).await
+    }
+
     /// Waits until no key of `bucket` under `prefix` has unpersisted writes (before a listing).
     pub async fn flush_prefix(&self, bucket: &str, prefix: &str) -> Result<(), S3Error> {
         let keys = self.persister.dirty_under(bucket, prefix);

@@ -189,6 +189,23 @@ impl Persister {
         }
     }
 
+    /// Waits until nothing is dirty, at most `timeout`; returns how many keys are still dirty.
+    pub async fn wait_all_clean(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let left = self.lock().keys.len();
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.lock().keys.len();
+            }
+        }
+    }
+
     /// Runs the workers until the process ends.
     pub fn run(self: &Arc<Self>) {
         let me = self.clone();
@@ -239,6 +256,9 @@ impl Persister {
                 };
                 let Some((&newest, _)) = k.records.iter().next_back() else {
                     st.keys.remove(&path);
+                    self.update_gauges(&st);
+                    drop(st);
+                    self.changed.notify_waiters();
                     return;
                 };
                 let older: Vec<u64> = k.records.range(..newest).map(|(s, _)| *s).collect();
