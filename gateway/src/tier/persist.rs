@@ -167,43 +167,49 @@ impl Persister {
         keys: &[String],
         timeout: Duration,
     ) -> Result<(), s3s::S3Error> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let st = self.lock();
-                if keys
-                    .iter()
+        let clean = self
+            .wait_until(timeout, |st| {
+                keys.iter()
                     .all(|k| !st.keys.contains_key(&(bucket.to_owned(), k.clone())))
-                {
-                    return Ok(());
-                }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(crate::error::unavailable(format!(
-                    "writes to this bucket are not yet persisted (waited {timeout:?}); the backing store may be unreachable"
-                )));
-            }
+            })
+            .await;
+        if clean {
+            Ok(())
+        } else {
+            Err(crate::error::unavailable(format!(
+                "writes to this bucket are not yet persisted (waited {timeout:?}); the backing store may be unreachable"
+            )))
         }
     }
 
     /// Waits until nothing is dirty, at most `timeout`; returns how many keys are still dirty.
     pub async fn wait_all_clean(&self, timeout: Duration) -> usize {
+        self.wait_until(timeout, |st| st.keys.is_empty()).await;
+        self.lock().keys.len()
+    }
+
+    /// Waits until `done` holds of the state, at most `timeout`; whether it does.
+    async fn wait_until(&self, timeout: Duration, done: impl Fn(&State) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let left = self.lock().keys.len();
-            if left == 0 {
-                return 0;
+            if done(&self.lock()) {
+                return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.lock().keys.len();
+                return false;
             }
         }
+    }
+
+    /// Drops a key with no records left and wakes whoever waits for it to be clean.
+    fn forget(&self, mut st: std::sync::MutexGuard<'_, State>, path: &ObjectPath) {
+        st.keys.remove(path);
+        self.update_gauges(&st);
+        drop(st);
+        self.changed.notify_waiters();
     }
 
     /// Runs the workers until the process ends.
@@ -255,10 +261,7 @@ impl Persister {
                     return;
                 };
                 let Some((&newest, _)) = k.records.iter().next_back() else {
-                    st.keys.remove(&path);
-                    self.update_gauges(&st);
-                    drop(st);
-                    self.changed.notify_waiters();
+                    self.forget(st, &path);
                     return;
                 };
                 let older: Vec<u64> = k.records.range(..newest).map(|(s, _)| *s).collect();
@@ -282,10 +285,7 @@ impl Persister {
                     };
                     k.attempts = 0;
                     if k.records.is_empty() {
-                        st.keys.remove(&path);
-                        self.update_gauges(&st);
-                        drop(st);
-                        self.changed.notify_waiters();
+                        self.forget(st, &path);
                         return;
                     }
                     // A newer record arrived meanwhile: go again.
