@@ -42,6 +42,8 @@ const CASES: &[(&str, Case)] = cases![
     list_v2_prefix_delimiter_pagination,
     list_v1_markers,
     list_encoding_url,
+    list_empty_delimiter_is_no_delimiter,
+    prefixes_are_not_objects,
     delete_and_delete_objects,
     multipart_three_parts,
     multipart_listings_and_abort,
@@ -417,6 +419,128 @@ async fn list_encoding_url(c: Ctx) {
         .collect();
     got.sort();
     assert_eq!(got, want);
+}
+
+async fn listed_keys(c: &Ctx) -> Vec<String> {
+    let page = c
+        .client
+        .list_objects_v2()
+        .bucket(&c.bucket)
+        .send()
+        .await
+        .expect("list v2");
+    page.contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect()
+}
+
+/// `delimiter=` with no value (rclone sends it) lists every key, as without a delimiter.
+async fn list_empty_delimiter_is_no_delimiter(c: Ctx) {
+    for k in ["top", "dir/a", "dir/sub/b"] {
+        put(&c, k, vec![1]).await;
+    }
+    let want = ["dir/a", "dir/sub/b", "top"];
+    let v2 = c
+        .client
+        .list_objects_v2()
+        .bucket(&c.bucket)
+        .delimiter("")
+        .send()
+        .await
+        .expect("list v2");
+    let keys: Vec<_> = v2.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, want, "v2");
+    assert!(v2.common_prefixes().is_empty(), "v2: {v2:?}");
+    let v1 = c
+        .client
+        .list_objects()
+        .bucket(&c.bucket)
+        .delimiter("")
+        .prefix("dir/")
+        .send()
+        .await
+        .expect("list v1");
+    let keys: Vec<_> = v1.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, ["dir/a", "dir/sub/b"], "v1");
+    assert!(v1.common_prefixes().is_empty(), "v1: {v1:?}");
+}
+
+/// `d` while `d/a` exists is no object: HEAD and GET say 404 / NoSuchKey, deleting it succeeds
+/// and deletes nothing else.
+async fn prefixes_are_not_objects(c: Ctx) {
+    for k in ["d/a", "d/sub/b"] {
+        put(&c, k, vec![2; 10]).await;
+    }
+    for key in ["d", "d/sub"] {
+        let head = c
+            .client
+            .head_object()
+            .bucket(&c.bucket)
+            .key(key)
+            .send()
+            .await
+            .expect_err("no such object");
+        assert_eq!(
+            head.raw_response().map(|r| r.status().as_u16()),
+            Some(404),
+            "HEAD {key}"
+        );
+        let get = c
+            .client
+            .get_object()
+            .bucket(&c.bucket)
+            .key(key)
+            .send()
+            .await
+            .expect_err("no such object");
+        assert_eq!(get.code(), Some("NoSuchKey"), "GET {key}");
+    }
+    c.client
+        .delete_object()
+        .bucket(&c.bucket)
+        .key("d")
+        .send()
+        .await
+        .expect("deleting a missing key succeeds");
+    assert_eq!(listed_keys(&c).await, ["d/a", "d/sub/b"]);
+    let del = Delete::builder()
+        .objects(ObjectIdentifier::builder().key("d/sub").build().unwrap())
+        .objects(ObjectIdentifier::builder().key("d/a").build().unwrap())
+        .build()
+        .unwrap();
+    let out = c
+        .client
+        .delete_objects()
+        .bucket(&c.bucket)
+        .delete(del)
+        .send()
+        .await
+        .expect("delete objects");
+    assert!(out.errors().is_empty(), "{out:?}");
+    assert_eq!(out.deleted().len(), 2, "{out:?}");
+    assert_eq!(listed_keys(&c).await, ["d/sub/b"]);
+    if c.embedded {
+        // The file mapping cannot hold a key and keys under it: a clear 400, nothing changed.
+        for key in ["d/sub", "d/sub/b/c"] {
+            let err = c
+                .client
+                .put_object()
+                .bucket(&c.bucket)
+                .key(key)
+                .body(ByteStream::from(vec![3; 10]))
+                .send()
+                .await
+                .expect_err("refused by the embedded store");
+            assert_eq!(err.code(), Some("InvalidArgument"), "PUT {key}");
+            assert!(
+                err.message()
+                    .is_some_and(|m| m.contains("embedded store cannot hold")),
+                "PUT {key}: {err:?}"
+            );
+        }
+        assert_eq!(listed_keys(&c).await, ["d/sub/b"]);
+    }
 }
 
 async fn delete_and_delete_objects(c: Ctx) {

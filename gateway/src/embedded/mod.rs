@@ -249,7 +249,63 @@ impl EmbeddedStore {
         }
     }
 
+    /// Whether the (encoded) key is a directory of the file mapping: `a` while `a/b` exists.
+    /// S3 holds no such object, so reads answer `NoSuchKey` and deletes succeed.
+    async fn is_directory(&self, bucket: &str, key: &str) -> bool {
+        !key.ends_with('/')
+            && tokio::fs::metadata(self.root.join(bucket).join(key))
+                .await
+                .is_ok_and(|m| m.is_dir())
+    }
+
+    /// `NoSuchKey` for a copy source that is a directory of the file mapping.
+    async fn no_directory_source(&self, src: &CopySource) -> S3Result<()> {
+        match src {
+            CopySource::Bucket { bucket, key, .. } => self.no_directory(bucket, key).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// `NoSuchKey` for a key that is a directory of the file mapping.
+    async fn no_directory(&self, bucket: &str, key: &str) -> S3Result<()> {
+        if self.is_directory(bucket, key).await {
+            return Err(s3_error!(NoSuchKey));
+        }
+        Ok(())
+    }
+
+    /// Refuses, with a clear error, a write the file mapping cannot hold: `a` while keys under
+    /// `a/` exist, or `a/b` while `a` is an object.
+    async fn check_writable(&self, bucket: &str, key: &str) -> S3Result<()> {
+        let conflict = |other: &str| {
+            s3_error!(
+                InvalidArgument,
+                "the embedded store cannot hold both {:?} and {:?}: a key cannot also be a \
+                 '/'-prefix of other keys (a limit of its file mapping, not of S3)",
+                decode(key),
+                decode(other)
+            )
+        };
+        if self.is_directory(bucket, key).await {
+            return Err(conflict(&format!("{key}/…")));
+        }
+        let mut end = 0;
+        while let Some(i) = key[end..].find('/') {
+            end += i;
+            let parent = &key[..end];
+            if tokio::fs::metadata(self.root.join(bucket).join(parent))
+                .await
+                .is_ok_and(|m| m.is_file())
+            {
+                return Err(conflict(parent));
+            }
+            end += 1;
+        }
+        Ok(())
+    }
+
     async fn object_exists<T>(&self, req: &S3Request<T>, bucket: &str, key: &str) -> S3Result<()> {
+        self.no_directory(bucket, key).await?;
         let input = HeadObjectInput::builder()
             .bucket(bucket.to_owned())
             .key(key.to_owned())
@@ -384,6 +440,7 @@ impl S3 for EmbeddedStore {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         req.input.key = encode(&req.input.key)?;
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        self.no_directory(&bucket, &key).await?;
         let mut resp = self.fs.get_object(req).await?;
         resp.output.tag_count = self.tag_count(&bucket, &key).await?;
         if self.profile.is_active()
@@ -399,6 +456,7 @@ impl S3 for EmbeddedStore {
         mut req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         req.input.key = encode(&req.input.key)?;
+        self.no_directory(&req.input.bucket, &req.input.key).await?;
         self.fs.head_object(req).await
     }
 
@@ -407,6 +465,8 @@ impl S3 for EmbeddedStore {
         mut req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         req.input.key = encode(&req.input.key)?;
+        self.check_writable(&req.input.bucket, &req.input.key)
+            .await?;
         let tags = match req.input.tagging.as_deref() {
             Some(t) => parse_tagging_header(t)?,
             None => Vec::new(),
@@ -423,6 +483,9 @@ impl S3 for EmbeddedStore {
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         req.input.key = encode(&req.input.key)?;
         encode_copy_source(&mut req.input.copy_source)?;
+        self.no_directory_source(&req.input.copy_source).await?;
+        self.check_writable(&req.input.bucket, &req.input.key)
+            .await?;
         let replace = req
             .input
             .tagging_directive
@@ -452,6 +515,9 @@ impl S3 for EmbeddedStore {
         mut req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         req.input.key = encode(&req.input.key)?;
+        if self.is_directory(&req.input.bucket, &req.input.key).await {
+            return Ok(S3Response::new(DeleteObjectOutput::default()));
+        }
         let path = self.tagging_path(&req.input.bucket, &req.input.key);
         let resp = self.fs.delete_object(req).await?;
         Self::remove_file(&path).await?;
@@ -466,7 +532,26 @@ impl S3 for EmbeddedStore {
             o.key = encode(&o.key)?;
         }
         let bucket = req.input.bucket.clone();
+        // Directories of the file mapping are no objects: deleted, as any missing key.
+        let mut directories = Vec::new();
+        let mut objects = Vec::new();
+        for o in std::mem::take(&mut req.input.delete.objects) {
+            if self.is_directory(&bucket, &o.key).await {
+                directories.push(DeletedObject {
+                    key: Some(o.key),
+                    version_id: o.version_id,
+                    ..Default::default()
+                });
+            } else {
+                objects.push(o);
+            }
+        }
+        req.input.delete.objects = objects;
         let mut resp = self.fs.delete_objects(req).await?;
+        resp.output
+            .deleted
+            .get_or_insert_with(Vec::new)
+            .extend(directories);
         for d in resp.output.deleted.iter_mut().flatten() {
             if let Some(key) = &d.key {
                 Self::remove_file(&self.tagging_path(&bucket, key)).await?;
@@ -484,6 +569,8 @@ impl S3 for EmbeddedStore {
         mut req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         req.input.key = encode(&req.input.key)?;
+        self.check_writable(&req.input.bucket, &req.input.key)
+            .await?;
         let tags = match req.input.tagging.as_deref() {
             Some(t) => parse_tagging_header(t)?,
             None => Vec::new(),
@@ -510,6 +597,7 @@ impl S3 for EmbeddedStore {
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         req.input.key = encode(&req.input.key)?;
         encode_copy_source(&mut req.input.copy_source)?;
+        self.no_directory_source(&req.input.copy_source).await?;
         self.fs.upload_part_copy(req).await
     }
 
@@ -528,6 +616,8 @@ impl S3 for EmbeddedStore {
         mut req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         req.input.key = encode(&req.input.key)?;
+        self.check_writable(&req.input.bucket, &req.input.key)
+            .await?;
         let pending = self.upload_tagging_path(&req.input.upload_id);
         let path = self.tagging_path(&req.input.bucket, &req.input.key);
         let mut resp = self.fs.complete_multipart_upload(req).await?;

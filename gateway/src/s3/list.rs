@@ -54,6 +54,14 @@ impl ListEncoding {
     }
 }
 
+/// An empty `delimiter=` (rclone sends one) means no delimiter, as in S3; some backing stores
+/// (s3s-fs) would split every key at its first character.
+fn no_empty_delimiter(d: &mut Option<Delimiter>) {
+    if d.as_deref() == Some("") {
+        *d = None;
+    }
+}
+
 /// Listings come from the bucket: acknowledged writes under the prefix go there first, so a
 /// listing shows every write acknowledged before it.
 async fn flush_listed(gw: &Gateway, bucket: &str, prefix: Option<&str>) -> S3Result<()> {
@@ -77,6 +85,7 @@ pub(super) async fn list_objects(
     mut req: S3Request<ListObjectsInput>,
 ) -> S3Result<S3Response<ListObjectsOutput>> {
     let enc = ListEncoding::take(&mut req.input.encoding_type);
+    no_empty_delimiter(&mut req.input.delimiter);
     flush_listed(gw, &req.input.bucket, req.input.prefix.as_deref()).await?;
     let mut resp = proxied!(gw, list_objects, req, ListObjectsError)?;
     let out = &mut resp.output;
@@ -100,6 +109,7 @@ pub(super) async fn list_objects_v2(
     mut req: S3Request<ListObjectsV2Input>,
 ) -> S3Result<S3Response<ListObjectsV2Output>> {
     let enc = ListEncoding::take(&mut req.input.encoding_type);
+    no_empty_delimiter(&mut req.input.delimiter);
     flush_listed(gw, &req.input.bucket, req.input.prefix.as_deref()).await?;
     let mut resp = proxied!(gw, list_objects_v2, req, ListObjectsV2Error)?;
     let out = &mut resp.output;
