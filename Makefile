@@ -6,11 +6,14 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV ?= $(CURDIR)/.venv
 REQUIREMENTS := tests/e2e/requirements.txt
+# Debian packages the tests (rclone) and the benchmark (redis-server) run; root or sudo installs them.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL = $(SUDO) apt-get install -y -qq $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(1); }
 # Loopback traffic must never go through a proxy (the AWS SDKs honour HTTP(S)_PROXY).
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
 export no_proxy := $(NO_PROXY)
 
-.PHONY: run build test fmt fmt-check clippy venv helm-check clean bench lambda-package
+.PHONY: run build test fmt fmt-check clippy venv debian-tools helm-check clean bench lambda-package
 
 ## run: build (release) and start the gateway with its embedded backing store
 run:
@@ -21,7 +24,7 @@ build:
 	$(CARGO) build --bins
 
 ## test: formatting, lints, unit, in-process, integration and end-to-end tests
-test: fmt-check clippy venv helm-check
+test: fmt-check clippy venv debian-tools helm-check
 	$(CARGO) build --bins
 	E2E_VENV=$(VENV) REQUIRE_E2E=1 CARGO_LAMBDA=$(VENV)/bin/cargo-lambda REQUIRE_CARGO_LAMBDA=1 \
 		$(CARGO) test --workspace --no-fail-fast
@@ -34,6 +37,10 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## debian-tools: rclone for the end-to-end tests
+debian-tools:
+	@command -v rclone >/dev/null || { echo "installing rclone (Debian)"; $(call APT_INSTALL,rclone); }
 
 ## helm-check: lint, render and validate the chart against the Kubernetes schemas
 helm-check:
@@ -51,7 +58,7 @@ $(VENV)/.installed: $(REQUIREMENTS)
 
 ## bench: GET throughput of the tier against Redis, the backing store and the loopback ceiling
 bench:
-	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian)"; apt-get install -y -qq redis-server; }
+	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian)"; $(call APT_INSTALL,redis-server); }
 	$(CARGO) build --release --bins
 	./target/release/bench --out target/bench $(BENCH_ARGS)
 

@@ -453,6 +453,13 @@ pub fn weed_bin() -> Option<PathBuf> {
     find_on_path("weed")
 }
 
+/// rclone: `$RCLONE`, else `rclone` on `PATH` (`make test` installs Debian's package).
+pub fn rclone_bin() -> Option<PathBuf> {
+    std::env::var_os("RCLONE")
+        .map(PathBuf::from)
+        .or_else(|| find_on_path("rclone"))
+}
+
 fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
