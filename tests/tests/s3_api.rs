@@ -435,6 +435,27 @@ async fn listed_keys(c: &Ctx) -> Vec<String> {
         .collect()
 }
 
+async fn delete_keys(
+    c: &Ctx,
+    keys: &[&str],
+) -> aws_sdk_s3::operation::delete_objects::DeleteObjectsOutput {
+    let objects = keys
+        .iter()
+        .map(|k| ObjectIdentifier::builder().key(*k).build().unwrap())
+        .collect();
+    let del = Delete::builder()
+        .set_objects(Some(objects))
+        .build()
+        .unwrap();
+    c.client
+        .delete_objects()
+        .bucket(&c.bucket)
+        .delete(del)
+        .send()
+        .await
+        .expect("delete objects")
+}
+
 /// `delimiter=` with no value (rclone sends it) lists every key, as without a delimiter.
 async fn list_empty_delimiter_is_no_delimiter(c: Ctx) {
     for k in ["top", "dir/a", "dir/sub/b"] {
@@ -504,19 +525,7 @@ async fn prefixes_are_not_objects(c: Ctx) {
         .await
         .expect("deleting a missing key succeeds");
     assert_eq!(listed_keys(&c).await, ["d/a", "d/sub/b"]);
-    let del = Delete::builder()
-        .objects(ObjectIdentifier::builder().key("d/sub").build().unwrap())
-        .objects(ObjectIdentifier::builder().key("d/a").build().unwrap())
-        .build()
-        .unwrap();
-    let out = c
-        .client
-        .delete_objects()
-        .bucket(&c.bucket)
-        .delete(del)
-        .send()
-        .await
-        .expect("delete objects");
+    let out = delete_keys(&c, &["d/sub", "d/a"]).await;
     assert!(out.errors().is_empty(), "{out:?}");
     assert_eq!(out.deleted().len(), 2, "{out:?}");
     assert_eq!(listed_keys(&c).await, ["d/sub/b"]);
@@ -563,30 +572,10 @@ async fn delete_and_delete_objects(c: Ctx) {
         .await
         .expect_err("gone");
     assert_eq!(err.code(), Some("NoSuchKey"));
-    let del = Delete::builder()
-        .objects(ObjectIdentifier::builder().key("d2").build().unwrap())
-        .objects(ObjectIdentifier::builder().key("d3").build().unwrap())
-        .build()
-        .unwrap();
-    let out = c
-        .client
-        .delete_objects()
-        .bucket(&c.bucket)
-        .delete(del)
-        .send()
-        .await
-        .expect("delete objects");
+    let out = delete_keys(&c, &["d2", "d3"]).await;
     assert_eq!(out.deleted().len(), 2, "{out:?}");
     assert!(out.errors().is_empty());
-    let l = c
-        .client
-        .list_objects_v2()
-        .bucket(&c.bucket)
-        .send()
-        .await
-        .expect("list");
-    let keys: Vec<_> = l.contents().iter().filter_map(|o| o.key()).collect();
-    assert_eq!(keys, ["keep"]);
+    assert_eq!(listed_keys(&c).await, ["keep"]);
     // deleting a missing key succeeds, as on S3
     c.client
         .delete_object()
