@@ -28,6 +28,9 @@ test: fmt-check clippy venv debian-tools helm-check
 	$(CARGO) build --bins
 	E2E_VENV=$(VENV) REQUIRE_E2E=1 CARGO_LAMBDA=$(VENV)/bin/cargo-lambda REQUIRE_CARGO_LAMBDA=1 \
 		$(CARGO) test --workspace --no-fail-fast
+	# The gateway with the AWS default credential chain (an optional feature).
+	$(CARGO) clippy -p gateway --all-targets --features aws-default-credentials -- -D warnings
+	$(CARGO) test -p gateway --features aws-default-credentials --lib --test credentials_chain
 
 fmt:
 	$(CARGO) fmt --all

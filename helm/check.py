@@ -89,6 +89,7 @@ def scenarios() -> dict[str, dict]:
             "preStopSleepSeconds": 0,
             "probes": {"startup": {"enabled": False}},
         },
+        "aws-default-chain": deep_merge(prod, {"credentials": {"awsDefaultChain": True}}),
         "existing-configmap": {
             "existingConfigMap": "my-gateway-toml",
             "existingConfigMapKey": "config.toml",
@@ -185,6 +186,31 @@ SERVICEMONITOR_SCHEMA = {
         },
     },
 }
+
+
+def check_aws_keys(scenario: str, docs: list[tuple[str, dict]], chain: bool) -> None:
+    """With credentials.awsDefaultChain the gateway gets no backend or Lambda keys (its config
+    has them empty, which asks for the default chain); without it, production-like scenarios
+    get them from Secrets."""
+    env = set()
+    toml_text = ""
+    for _, d in docs:
+        if d["kind"] == "StatefulSet":
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                env |= {e["name"] for e in c.get("env", [])}
+        if d["kind"] == "ConfigMap" and "gateway.toml" in d.get("data", {}):
+            toml_text = d["data"]["gateway.toml"]
+    keys = {"GATEWAY_BACKEND_ACCESS_KEY", "GATEWAY_BACKEND_SECRET_KEY", "GATEWAY_LAMBDA_ACCESS_KEY", "GATEWAY_LAMBDA_SECRET_KEY"}
+    if chain:
+        if env & keys:
+            fail(f"{scenario}: key variables set with awsDefaultChain: {sorted(env & keys)}")
+        cfg = tomllib.loads(toml_text)
+        for section, fields in (("backend", ("access_key", "secret_key")), ("functions", ("lambda_access_key", "lambda_secret_key"))):
+            for f in fields:
+                if cfg.get(section, {}).get(f) != "":
+                    fail(f"{scenario}: {section}.{f} must render empty with awsDefaultChain")
+    elif scenario == "production" and not keys <= env:
+        fail(f"{scenario}: backend/Lambda key variables missing: {sorted(keys - env)}")
 
 
 def validate_k8s(scenario: str, docs: list[tuple[str, dict]]) -> None:
@@ -492,11 +518,12 @@ def main() -> int:
         validate_k8s(name, docs)
         check_references(name, docs)
         kinds = {d["kind"] for _, d in docs}
-        want_sm = name in ("production", "callback-address")
+        want_sm = name in ("production", "callback-address", "aws-default-chain")
         if ("ServiceMonitor" in kinds) != want_sm:
             fail(f"{name}: ServiceMonitor {'missing' if want_sm else 'rendered'}")
         if name == "embedded" and "Secret" not in kinds:
             fail("embedded: the client keys Secret is not generated")
+        check_aws_keys(name, docs, chain=(name == "aws-default-chain"))
     check_configs(rendered)
     check_dashboard()
     check_doc_metrics()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 
 use crate::config::BackendConfig;
@@ -41,14 +41,9 @@ pub fn direct_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpC
 
 /// Builds the client for the backing store at `endpoint` (the configured URL, or the embedded
 /// store's address).
-pub fn build_client(cfg: &BackendConfig, endpoint: &str) -> aws_sdk_s3::Client {
-    let credentials = Credentials::new(
-        cfg.access_key.clone(),
-        cfg.secret_key.clone(),
-        None,
-        None,
-        "gateway-config",
-    );
+pub async fn build_client(cfg: &BackendConfig, endpoint: &str) -> aws_sdk_s3::Client {
+    let credentials =
+        crate::credentials::provider(&cfg.access_key, &cfg.secret_key, &cfg.region).await;
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(cfg.connect_timeout)
         .read_timeout(cfg.read_timeout)

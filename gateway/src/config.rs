@@ -136,7 +136,8 @@ pub struct BackendConfig {
     /// Region used to sign requests to the backing store. Default `us-east-1`.
     pub region: String,
     /// Access key of the gateway's own credential for the backing store (separate from the
-    /// clients'). Default: [`DEV_BACKEND_ACCESS_KEY`] (meant for the embedded store).
+    /// clients'). Default: [`DEV_BACKEND_ACCESS_KEY`] (meant for the embedded store). Both keys
+    /// empty: the AWS default credential chain ([`crate::credentials`]).
     pub access_key: String,
     /// Secret key for the backing store. Default: [`DEV_BACKEND_SECRET_KEY`].
     pub secret_key: String,
@@ -340,7 +341,8 @@ pub struct FunctionsConfig {
     pub lambda_endpoint: String,
     /// Region of the functions. Default `us-east-1`.
     pub lambda_region: String,
-    /// Access key for the Lambda API (embedded emulator: any). (GATEWAY_LAMBDA_ACCESS_KEY)
+    /// Access key for the Lambda API (embedded emulator: any). Both keys empty: the AWS default
+    /// credential chain ([`crate::credentials`]). (GATEWAY_LAMBDA_ACCESS_KEY)
     pub lambda_access_key: String,
     /// Secret key for the Lambda API. (GATEWAY_LAMBDA_SECRET_KEY)
     pub lambda_secret_key: String,
@@ -561,6 +563,30 @@ impl Config {
         if self.backend.region.is_empty() || self.server.region.is_empty() {
             return invalid("backend.region and server.region must not be empty".into());
         }
+        if self.embedded_backend() {
+            if self.backend.access_key.is_empty() || self.backend.secret_key.is_empty() {
+                return invalid(
+                    "backend.access_key and backend.secret_key: the embedded store needs both"
+                        .into(),
+                );
+            }
+        } else if let Some(m) = crate::credentials::problem(
+            "backend.access_key/secret_key",
+            &self.backend.access_key,
+            &self.backend.secret_key,
+        ) {
+            return invalid(m);
+        }
+        if self.tier.enabled
+            && !self.functions.embedded()
+            && let Some(m) = crate::credentials::problem(
+                "functions.lambda_access_key/lambda_secret_key",
+                &self.functions.lambda_access_key,
+                &self.functions.lambda_secret_key,
+            )
+        {
+            return invalid(m);
+        }
         if self.embedded_backend() && !self.embedded.listen.ip().is_loopback() {
             return invalid(format!(
                 "embedded.listen must be a loopback address, got {}",
@@ -633,6 +659,22 @@ mod tests {
         assert_eq!(cfg.backend.max_attempts, d.backend.max_attempts);
         assert_eq!(cfg.data_dir, d.data_dir);
         assert!(cfg.embedded_backend());
+    }
+
+    #[test]
+    fn backend_keys_are_both_set_or_both_empty() {
+        let mut cfg = Config::default();
+        cfg.backend.access_key.clear();
+        assert!(cfg.validate().is_err(), "the embedded store needs its keys");
+        cfg.backend.url = "https://s3.us-east-1.amazonaws.com".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("or neither"), "{err}");
+        cfg.backend.secret_key.clear();
+        assert_eq!(
+            cfg.validate().is_ok(),
+            crate::credentials::DEFAULT_CHAIN_BUILT_IN,
+            "empty keys: the default chain, when built in"
+        );
     }
 
     #[test]

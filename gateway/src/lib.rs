@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod embedded;
 pub mod error;
 pub mod logging;
@@ -93,7 +94,7 @@ pub async fn start(cfg: &Config) -> Result<Gateway, GatewayError> {
         Some(h) => h.url(),
         None => cfg.backend.url.trim().to_owned(),
     };
-    let client = backend::build_client(&cfg.backend, &backend_url);
+    let client = backend::build_client(&cfg.backend, &backend_url).await;
 
     let mut registry = Registry::default();
     let metrics = metrics::S3Metrics::register(&mut registry);
@@ -207,7 +208,7 @@ async fn start_tier(
     } else {
         (f.lambda_endpoint.trim().to_owned(), None)
     };
-    let lambda = pool::lambda_client(f, &endpoint);
+    let lambda = pool::lambda_client(f, &endpoint).await;
     let (pool, mut events) = pool::Pool::start(f, lambda, secret.into_bytes(), registry).await?;
     let (manager, mut actions) = tier::manager::MemoryManager::new(cfg, registry)?;
     let tier = tier::Tier::open(

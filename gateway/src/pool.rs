@@ -148,14 +148,13 @@ fn lock(n: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
 }
 
 /// Builds the Lambda client for `endpoint`.
-pub fn lambda_client(cfg: &FunctionsConfig, endpoint: &str) -> aws_sdk_lambda::Client {
-    let creds = aws_sdk_lambda::config::Credentials::new(
-        cfg.lambda_access_key.clone(),
-        cfg.lambda_secret_key.clone(),
-        None,
-        None,
-        "gateway-config",
-    );
+pub async fn lambda_client(cfg: &FunctionsConfig, endpoint: &str) -> aws_sdk_lambda::Client {
+    let creds = crate::credentials::provider(
+        &cfg.lambda_access_key,
+        &cfg.lambda_secret_key,
+        &cfg.lambda_region,
+    )
+    .await;
     let mut conf = aws_sdk_lambda::Config::builder();
     if crate::backend::is_loopback(endpoint) {
         conf = conf.http_client(crate::backend::direct_http_client());

@@ -136,12 +136,23 @@ Returns YAML of a dict (fromYaml it).
 {{- end -}}
 {{- $_ := set $cfg.functions "callback_listen" "127.0.0.1:0" -}}
 {{- $_ := set $cfg.functions "callback_advertise" "" -}}
-{{- else if .Values.config.tier.enabled -}}
+{{- else -}}
+{{- if .Values.credentials.awsDefaultChain -}}
+{{- /* Empty keys ask the gateway for the AWS default credential chain. */ -}}
+{{- $_ := set $cfg.backend "access_key" "" -}}
+{{- $_ := set $cfg.backend "secret_key" "" -}}
+{{- end -}}
+{{- if .Values.config.tier.enabled -}}
+{{- if .Values.credentials.awsDefaultChain -}}
+{{- $_ := set $cfg.functions "lambda_access_key" "" -}}
+{{- $_ := set $cfg.functions "lambda_secret_key" "" -}}
+{{- end -}}
 {{- $_ := set $cfg.functions "callback_listen" (include "s3-gateway.listen" (list .Values.bindAddress .Values.ports.callback)) -}}
 {{- if eq .Values.callback.advertise "podIP" -}}
 {{- $_ := set $cfg.functions "callback_advertise" (printf "__POD_IP__:%d" (int .Values.ports.callback)) -}}
 {{- else -}}
 {{- $_ := set $cfg.functions "callback_advertise" .Values.callback.address -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml $cfg -}}
