@@ -59,12 +59,24 @@ pub fn log_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port for a server started next (bound then released). Taken below Linux's
+/// ephemeral range (32768 and up), so that no outgoing connection can take it before the server
+/// binds it (an OS-assigned port is ephemeral: SeaweedFS once lost one of its 14 that way), and
+/// never twice in one process; the starting point varies with the process id.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (start + n) % SPAN).expect("below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 fn file(path: &Path) -> std::fs::File {
