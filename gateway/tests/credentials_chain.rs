@@ -5,16 +5,12 @@
 
 use std::time::Duration;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 
+mod common;
+
 fn config(dir: &std::path::Path) -> gateway::Config {
-    let mut cfg = gateway::Config {
-        data_dir: dir.to_owned(),
-        ..Default::default()
-    };
-    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let mut cfg = common::config(dir);
     cfg.tier.enabled = false;
     cfg
 }
@@ -80,20 +76,7 @@ async fn through_a_gateway_without_keys() {
         .expect("empty keys are valid with the chain built in");
     let b = gateway::start(&cfg_b).await.expect("start B");
 
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(format!("http://{}", b.s3_addr))
-        .credentials_provider(Credentials::new(
-            cfg_b.auth.access_key.clone(),
-            cfg_b.auth.secret_key.clone(),
-            None,
-            None,
-            "test",
-        ))
-        .force_path_style(true)
-        .build();
-    let c = aws_sdk_s3::Client::from_conf(conf);
+    let c = common::client(&b, &cfg_b);
     c.create_bucket()
         .bucket("chain")
         .send()

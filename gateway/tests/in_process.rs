@@ -2,35 +2,14 @@
 
 use std::time::Duration;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 
+mod common;
+
 fn config(dir: &std::path::Path) -> gateway::Config {
-    let mut cfg = gateway::Config {
-        data_dir: dir.to_owned(),
-        ..Default::default()
-    };
-    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let cfg = common::config(dir);
     cfg.validate().expect("valid");
     cfg
-}
-
-fn client(endpoint: &str, cfg: &gateway::Config) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            cfg.auth.access_key.clone(),
-            cfg.auth.secret_key.clone(),
-            None,
-            None,
-            "test",
-        ))
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
 }
 
 #[tokio::test]
@@ -38,7 +17,7 @@ async fn put_get_list_through_the_embedded_default() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let gw = gateway::start(&cfg).await.expect("start");
-    let c = client(&format!("http://{}", gw.s3_addr), &cfg);
+    let c = common::client(&gw, &cfg);
     c.create_bucket()
         .bucket("inproc")
         .send()
@@ -87,7 +66,7 @@ async fn shutdown_drains_a_request_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let gw = gateway::start(&cfg).await.expect("start");
-    let c = client(&format!("http://{}", gw.s3_addr), &cfg);
+    let c = common::client(&gw, &cfg);
     c.create_bucket()
         .bucket("drain")
         .send()
