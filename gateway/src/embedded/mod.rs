@@ -252,10 +252,14 @@ impl EmbeddedStore {
     /// Whether the (encoded) key is a directory of the file mapping: `a` while `a/b` exists.
     /// S3 holds no such object, so reads answer `NoSuchKey` and deletes succeed.
     async fn is_directory(&self, bucket: &str, key: &str) -> bool {
-        !key.ends_with('/')
-            && tokio::fs::metadata(self.root.join(bucket).join(key))
-                .await
-                .is_ok_and(|m| m.is_dir())
+        !key.ends_with('/') && self.metadata(bucket, key).await.is_some_and(|m| m.is_dir())
+    }
+
+    /// What the file system holds at the (encoded) key's path, if anything.
+    async fn metadata(&self, bucket: &str, key: &str) -> Option<std::fs::Metadata> {
+        tokio::fs::metadata(self.root.join(bucket).join(key))
+            .await
+            .ok()
     }
 
     /// `NoSuchKey` for a copy source that is a directory of the file mapping.
@@ -293,9 +297,10 @@ impl EmbeddedStore {
         while let Some(i) = key[end..].find('/') {
             end += i;
             let parent = &key[..end];
-            if tokio::fs::metadata(self.root.join(bucket).join(parent))
+            if self
+                .metadata(bucket, parent)
                 .await
-                .is_ok_and(|m| m.is_file())
+                .is_some_and(|m| m.is_file())
             {
                 return Err(conflict(parent));
             }
