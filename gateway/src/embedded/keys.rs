@@ -60,6 +60,51 @@ pub fn encode_prefix(prefix: &str) -> String {
     out
 }
 
+/// Longest file name (Linux `NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+/// Length of unpadded base64 of `n` bytes.
+fn b64_len(n: usize) -> usize {
+    (n * 4).div_ceil(3)
+}
+
+/// Refuses, with a clear 4xx, a write of `key` (encoded) the file mapping cannot hold (so it
+/// fails before it is acknowledged, never with a 500 from the file system): a NUL byte, a path
+/// segment longer than a file name, or a key whose metadata file name (s3s-fs names it
+/// `.bucket-<b64 bucket>.object-<b64 key>[.upload-<uuid>].metadata.json`) would be too long.
+/// `multipart`: the write is a multipart upload (its metadata file name is longer).
+pub fn check_holdable(bucket: &str, key: &str, multipart: bool) -> S3Result<()> {
+    if key.contains('\0') {
+        return Err(s3_error!(
+            InvalidArgument,
+            "the embedded store cannot hold keys with a NUL byte"
+        ));
+    }
+    if key.split('/').any(|seg| seg.len() > NAME_MAX) {
+        return Err(s3_error!(
+            KeyTooLongError,
+            "the embedded store holds key segments (between '/') of at most {NAME_MAX} bytes"
+        ));
+    }
+    let upload = if multipart { ".upload-".len() + 36 } else { 0 };
+    let meta = ".bucket-".len() + b64_len(bucket.len()) + ".object-".len() + upload;
+    let room = NAME_MAX.saturating_sub(meta + ".metadata.json".len());
+    if b64_len(key.len()) > room {
+        return Err(s3_error!(
+            KeyTooLongError,
+            "the embedded store holds keys of at most {} bytes in bucket {bucket:?}{} (a limit \
+             of its file mapping, not of S3: use a real S3 server for longer keys)",
+            room * 3 / 4,
+            if multipart {
+                " for multipart uploads"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes a key or prefix from the store.
 pub fn decode(stored: &str) -> String {
     let mut out = String::with_capacity(stored.len());
@@ -79,6 +124,18 @@ pub fn decode(stored: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn keys_the_file_mapping_cannot_hold_are_refused() {
+        assert!(check_holdable("b", "a/b", false).is_ok());
+        assert!(check_holdable("b", "a\0b", false).is_err());
+        assert!(check_holdable("b", &"s".repeat(256), false).is_err());
+        // the metadata file name bounds the whole key: 255 - 30 - 2 (b64 "b") = 223 chars
+        // of base64, 167 bytes of key
+        assert!(check_holdable("b", &"k/".repeat(83), false).is_ok());
+        assert!(check_holdable("b", &"k/".repeat(84), false).is_err());
+        assert!(check_holdable("b", &"k/".repeat(83), true).is_err());
+    }
 
     #[test]
     fn examples() {

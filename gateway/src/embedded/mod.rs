@@ -36,6 +36,8 @@ pub struct EmbeddedHandle {
     pub addr: SocketAddr,
     /// Its directory.
     pub dir: PathBuf,
+    /// The store itself (for checks the gateway makes before it acknowledges a write).
+    pub store: EmbeddedStore,
     shutdown: crate::server::ShutdownHandle,
 }
 
@@ -76,7 +78,7 @@ pub async fn start(
         })?,
         profile,
     };
-    let mut builder = S3ServiceBuilder::new(store);
+    let mut builder = S3ServiceBuilder::new(store.clone());
     builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
     let service = builder.build();
     let listener = TcpListener::bind(listen)
@@ -93,11 +95,13 @@ pub async fn start(
     Ok(EmbeddedHandle {
         addr,
         dir: dir.to_owned(),
+        store,
         shutdown,
     })
 }
 
 /// s3s-fs plus tagging and ListMultipartUploads.
+#[derive(Clone)]
 pub struct EmbeddedStore {
     fs: Arc<FileSystem>,
     root: PathBuf,
@@ -278,9 +282,20 @@ impl EmbeddedStore {
         Ok(())
     }
 
+    /// The error a PutObject of `key` would get for a key the file mapping cannot hold, if any
+    /// (the gateway asks before it acknowledges a write-back of it).
+    pub async fn refusal(&self, bucket: &str, key: &str) -> Option<S3Error> {
+        let encoded = match encode(key) {
+            Ok(k) => k,
+            Err(e) => return Some(e),
+        };
+        self.check_writable(bucket, &encoded, false).await.err()
+    }
+
     /// Refuses, with a clear error, a write the file mapping cannot hold: `a` while keys under
-    /// `a/` exist, or `a/b` while `a` is an object.
-    async fn check_writable(&self, bucket: &str, key: &str) -> S3Result<()> {
+    /// `a/` exist, `a/b` while `a` is an object, or a key [`keys::check_holdable`] refuses.
+    async fn check_writable(&self, bucket: &str, key: &str, multipart: bool) -> S3Result<()> {
+        keys::check_holdable(bucket, key, multipart)?;
         let conflict = |other: &str| {
             s3_error!(
                 InvalidArgument,
@@ -470,7 +485,7 @@ impl S3 for EmbeddedStore {
         mut req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         req.input.key = encode(&req.input.key)?;
-        self.check_writable(&req.input.bucket, &req.input.key)
+        self.check_writable(&req.input.bucket, &req.input.key, false)
             .await?;
         let tags = match req.input.tagging.as_deref() {
             Some(t) => parse_tagging_header(t)?,
@@ -489,7 +504,7 @@ impl S3 for EmbeddedStore {
         req.input.key = encode(&req.input.key)?;
         encode_copy_source(&mut req.input.copy_source)?;
         self.no_directory_source(&req.input.copy_source).await?;
-        self.check_writable(&req.input.bucket, &req.input.key)
+        self.check_writable(&req.input.bucket, &req.input.key, false)
             .await?;
         let replace = req
             .input
@@ -574,7 +589,7 @@ impl S3 for EmbeddedStore {
         mut req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         req.input.key = encode(&req.input.key)?;
-        self.check_writable(&req.input.bucket, &req.input.key)
+        self.check_writable(&req.input.bucket, &req.input.key, true)
             .await?;
         let tags = match req.input.tagging.as_deref() {
             Some(t) => parse_tagging_header(t)?,
@@ -621,7 +636,7 @@ impl S3 for EmbeddedStore {
         mut req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         req.input.key = encode(&req.input.key)?;
-        self.check_writable(&req.input.bucket, &req.input.key)
+        self.check_writable(&req.input.bucket, &req.input.key, true)
             .await?;
         let pending = self.upload_tagging_path(&req.input.upload_id);
         let path = self.tagging_path(&req.input.bucket, &req.input.key);
