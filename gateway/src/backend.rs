@@ -1,7 +1,29 @@
-//! The backing S3 store: an `aws_sdk_s3::Client` built from configuration, the same code path
+//! The backing S3 store: `aws_sdk_s3::Client`s built from configuration, the same code path
 //! for AWS S3, any S3-compatible server and the embedded store.
+//!
+//! Two clients share one configuration and differ in one limit. [`BackendClients::client`]
+//! gives the bucket `backend.first_byte_timeout` per attempt to start answering: every request
+//! whose body the gateway already holds (listings, HEAD, GET, DELETE, small PUTs, which are
+//! read whole first) answers `503` within a few seconds of the bucket freezing. The SDK's read
+//! timeout runs from the start of the request, body included, so requests that stream a large
+//! body from a client (PUT, UploadPart) go through [`BackendClients::uploads`], limited by the
+//! client's request deadline instead; the gateway's own uploads (persistence) set a limit per
+//! request from their length.
+//!
+//! **Blank keys.** The SDK treats a key of only whitespace (`" "`, which S3 accepts) as
+//! missing when it resolves the endpoint. [`sdk_key`] hands the SDK a placeholder for such a
+//! key, and an interceptor on both clients puts the real key back into the request path
+//! before it is signed.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -39,15 +61,23 @@ pub fn direct_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpC
         .build_https()
 }
 
-/// Builds the client for the backing store at `endpoint` (the configured URL, or the embedded
+/// The clients of the backing store (see the module docs).
+#[derive(Clone, Debug)]
+pub struct BackendClients {
+    /// Requests whose body the gateway holds: the bucket has `first_byte_timeout` per attempt
+    /// to start answering.
+    pub client: aws_sdk_s3::Client,
+    /// Requests streaming a large body from a client: no first-byte limit.
+    pub uploads: aws_sdk_s3::Client,
+    /// `backend.first_byte_timeout`.
+    pub first_byte_timeout: Duration,
+}
+
+/// Builds the clients for the backing store at `endpoint` (the configured URL, or the embedded
 /// store's address).
-pub async fn build_client(cfg: &BackendConfig, endpoint: &str) -> aws_sdk_s3::Client {
+pub async fn build_clients(cfg: &BackendConfig, endpoint: &str) -> BackendClients {
     let credentials =
         crate::credentials::provider(&cfg.access_key, &cfg.secret_key, &cfg.region).await;
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(cfg.connect_timeout)
-        .read_timeout(cfg.read_timeout)
-        .build();
     let mut conf = aws_sdk_s3::Config::builder();
     if is_loopback(endpoint) {
         conf = conf.http_client(direct_http_client());
@@ -58,14 +88,131 @@ pub async fn build_client(cfg: &BackendConfig, endpoint: &str) -> aws_sdk_s3::Cl
         .endpoint_url(endpoint)
         .credentials_provider(credentials)
         .force_path_style(cfg.force_path_style)
-        .timeout_config(timeouts)
         .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts))
         // Checksums are forwarded when the client sent them; adding our own to every request
         // would wrap each body in aws-chunked framing that not every S3-compatible server takes.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+        .interceptor(BlankKeys);
+    let quick = conf.clone().timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .read_timeout(cfg.first_byte_timeout)
+            .build(),
+    );
+    let uploads = conf.timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .build(),
+    );
+    BackendClients {
+        client: aws_sdk_s3::Client::from_conf(quick.build()),
+        uploads: aws_sdk_s3::Client::from_conf(uploads.build()),
+        first_byte_timeout: cfg.first_byte_timeout,
+    }
+}
+
+/// What the gateway knows of the keys its backing store holds, to decide before it
+/// acknowledges a write-back whether the bucket will take it.
+#[derive(Clone)]
+pub enum KeyRules {
+    /// Any S3-compatible store: keys some stores refuse (see [`portable`]) are not written back
+    /// but passed through, so the bucket's own answer is the client's.
+    Portable,
+    /// The embedded store: its rules are known exactly; what it would refuse is refused first.
+    Embedded(crate::embedded::EmbeddedStore),
+}
+
+/// What [`KeyRules::check`] says of a key.
+#[derive(Debug)]
+pub enum KeyFit {
+    /// The bucket takes it: it may be written back.
+    Holds,
+    /// Not every store takes it: pass the write through.
+    Unsure,
+    /// The bucket refuses it, with this error.
+    Refused(s3s::S3Error),
+}
+
+impl KeyRules {
+    /// Whether the bucket will take a write of `key`.
+    pub async fn check(&self, bucket: &str, key: &str) -> KeyFit {
+        match self {
+            KeyRules::Portable if portable(key) => KeyFit::Holds,
+            KeyRules::Portable => KeyFit::Unsure,
+            KeyRules::Embedded(store) => match store.refusal(bucket, key).await {
+                Some(e) => KeyFit::Refused(e),
+                None => KeyFit::Holds,
+            },
+        }
+    }
+}
+
+/// Whether common S3-compatible stores take `key` (AWS S3 takes any key of up to 1,024 bytes;
+/// file-backed stores such as SeaweedFS refuse control characters, `.` and `..` segments and
+/// segments longer than a file name).
+pub fn portable(key: &str) -> bool {
+    !key.chars().any(char::is_control)
+        && key
+            .split('/')
+            .all(|seg| seg != "." && seg != ".." && seg.len() <= 255)
+}
+
+/// Characters S3 leaves as they are in a key in a request path (and in URL-encoded listings):
+/// unreserved ones and `/`.
+pub const KEY_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// The placeholder prefix of blank keys, unique to this process (so no real key collides).
+fn blank_prefix() -> &'static str {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    PREFIX.get_or_init(|| format!("gw-blank-key-{:016x}-", rand::random::<u64>()))
+}
+
+/// The key to hand the SDK for `key`: itself, or for a key of only whitespace (which the SDK
+/// would refuse as missing) a placeholder that [`BlankKeys`] turns back into `key`.
+pub fn sdk_key(key: &str) -> Cow<'_, str> {
+    if key.is_empty() || !key.trim().is_empty() {
+        return Cow::Borrowed(key);
+    }
+    Cow::Owned(format!("{}{}", blank_prefix(), hex::encode(key)))
+}
+
+/// Puts blank keys back into request paths (see [`sdk_key`]).
+#[derive(Debug)]
+struct BlankKeys;
+
+impl Intercept for BlankKeys {
+    fn name(&self) -> &'static str {
+        "BlankKeys"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let req = context.request_mut();
+        let uri = req.uri();
+        let Some(start) = uri.find(blank_prefix()) else {
+            return Ok(());
+        };
+        let hex_start = start + blank_prefix().len();
+        let hex_end = uri[hex_start..]
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .map_or(uri.len(), |i| hex_start + i);
+        let key = hex::decode(&uri[hex_start..hex_end])?;
+        let key = String::from_utf8(key)?;
+        let encoded = percent_encoding::utf8_percent_encode(&key, KEY_SET).to_string();
+        let fixed = format!("{}{encoded}{}", &uri[..start], &uri[hex_end..]);
+        req.set_uri(fixed)?;
+        Ok(())
+    }
 }
 
 /// Whether the backing store answers: HeadBucket on `health_bucket` when configured, otherwise
@@ -101,6 +248,28 @@ fn describe<E: std::error::Error>(e: &E) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn portable_keys() {
+        for k in ["a/b c", "é/+%#", " ", "a//b", "..a/b..", &"x".repeat(255)] {
+            assert!(super::portable(k), "{k:?}");
+        }
+        for k in ["a\0b", "x/../y", "x/./y", "..", "a\u{1}", &"x".repeat(256)] {
+            assert!(!super::portable(k), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn blank_keys_get_a_placeholder() {
+        assert_eq!(super::sdk_key("a b"), "a b");
+        assert_eq!(super::sdk_key(""), "");
+        let p = super::sdk_key(" \t");
+        assert!(
+            p.starts_with(super::blank_prefix()) && p.ends_with("2009"),
+            "{p}"
+        );
+        assert!(!p.trim().is_empty());
+    }
+
     #[test]
     fn loopback_endpoints() {
         for e in [

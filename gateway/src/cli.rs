@@ -26,6 +26,10 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
 
+    /// Bearer token for the admin server's POST routes [default: none, loopback clients only].
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Client access key [default: the development key, loopback only].
     #[arg(long, env = "GATEWAY_ACCESS_KEY")]
     pub access_key: Option<String>,
@@ -104,6 +108,7 @@ impl Args {
         }
         set(&mut cfg.server.listen, &self.listen);
         set(&mut cfg.server.admin_listen, &self.admin_listen);
+        set(&mut cfg.server.admin_token, &self.admin_token);
         set(&mut cfg.auth.access_key, &self.access_key);
         set(&mut cfg.auth.secret_key, &self.secret_key);
         set(&mut cfg.data_dir, &self.data_dir);

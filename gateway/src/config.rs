@@ -73,6 +73,18 @@ pub struct ServerConfig {
     /// On shutdown, time allowed for in-flight requests to finish before they are cut. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Slowest request body accepted: at least this many bytes per second of waiting for the
+    /// client, measured over `body_rate_window` of waiting (time the gateway spends reading
+    /// other things, such as a slow bucket, does not count). A slower or stalled body fails
+    /// with `400 RequestTimeout`, and whatever it held (journal space, a request slot) is
+    /// freed. Default `4KiB`.
+    pub body_min_rate: ByteSize,
+    /// See `body_min_rate`. Default `20s`.
+    #[serde(with = "humantime_serde")]
+    pub body_rate_window: Duration,
+    /// Bearer token for the admin server's `POST` routes (retrying or discarding dead letters).
+    /// Empty (the default): they answer loopback clients only. (GATEWAY_ADMIN_TOKEN)
+    pub admin_token: String,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +98,9 @@ impl Default for ServerConfig {
             max_concurrent_requests: 1024,
             header_read_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            body_min_rate: ByteSize::kib(4),
+            body_rate_window: Duration::from_secs(20),
+            admin_token: String::new(),
         }
     }
 }
@@ -147,9 +162,13 @@ pub struct BackendConfig {
     /// Time allowed to open a connection to the backing store. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Time allowed for the backing store to start answering a request. Default `60s`.
+    /// Time the backing store has, per attempt, to start answering a request whose body the
+    /// gateway holds (every request but uploads streamed from a client, which the client's
+    /// request deadline bounds; the gateway's own uploads get this plus their length at
+    /// 1 MiB/s). With `max_attempts`, a frozen store answers 503 after about
+    /// `max_attempts x first_byte_timeout`. Default `5s`.
     #[serde(with = "humantime_serde")]
-    pub read_timeout: Duration,
+    pub first_byte_timeout: Duration,
     /// Attempts per backing-store request, the first included (SDK standard retry with
     /// exponential backoff). Default 3.
     pub max_attempts: u32,
@@ -167,7 +186,7 @@ impl Default for BackendConfig {
             secret_key: DEV_BACKEND_SECRET_KEY.into(),
             force_path_style: true,
             connect_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(60),
+            first_byte_timeout: Duration::from_secs(5),
             max_attempts: 3,
             health_bucket: String::new(),
         }
@@ -556,6 +575,9 @@ impl Config {
         }
         if self.server.request_timeout.is_zero() {
             return invalid("server.request_timeout must be positive".into());
+        }
+        if self.server.body_rate_window.is_zero() {
+            return invalid("server.body_rate_window must be positive".into());
         }
         if self.backend.max_attempts == 0 {
             return invalid("backend.max_attempts must be at least 1".into());

@@ -174,6 +174,24 @@ where
     }
 }
 
+/// The S3 error for a request body that could not be read: a wrong aws-chunked signature is
+/// `403 SignatureDoesNotMatch`, anything else `400 IncompleteBody`. (s3s 0.14 keeps its
+/// aws-chunked error type private, so the signature case is recognized by its message.)
+pub fn body_error(e: &(dyn std::error::Error + 'static)) -> S3Error {
+    let text = crate::error::error_chain(e);
+    if text.contains("SignatureMismatch") {
+        S3Error::with_message(
+            S3ErrorCode::SignatureDoesNotMatch,
+            "the signature of a chunk of the request body does not match",
+        )
+    } else {
+        S3Error::with_message(
+            S3ErrorCode::IncompleteBody,
+            format!("reading the request body: {text}"),
+        )
+    }
+}
+
 /// The error and its sources, joined by ": ".
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

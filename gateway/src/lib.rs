@@ -94,19 +94,24 @@ pub async fn start(cfg: &Config) -> Result<Gateway, GatewayError> {
         Some(h) => h.url(),
         None => cfg.backend.url.trim().to_owned(),
     };
-    let client = backend::build_client(&cfg.backend, &backend_url).await;
+    let backend = backend::build_clients(&cfg.backend, &backend_url).await;
+    let client = backend.client.clone();
 
     let mut registry = Registry::default();
     let metrics = metrics::S3Metrics::register(&mut registry);
     let (tier, pool, emulator) = if cfg.tier.enabled {
-        let (t, p, e) = start_tier(cfg, client.clone(), &mut registry).await?;
+        let (t, p, e) = start_tier(cfg, &backend, &mut registry).await?;
         (Some(t), Some(p), e)
     } else {
         (None, None, None)
     };
     let registry = Arc::new(registry);
 
-    let gateway = s3::Gateway::new(client.clone(), cfg.server.region.clone(), tier.clone());
+    let keys = match &embedded {
+        Some(h) => backend::KeyRules::Embedded(h.store.clone()),
+        None => backend::KeyRules::Portable,
+    };
+    let gateway = s3::Gateway::new(&backend, cfg.server.region.clone(), tier.clone(), keys);
     let mut builder = S3ServiceBuilder::new(gateway);
     builder.set_auth(auth::client_keys(&cfg.auth));
     builder.set_access(auth::GatewayAccess {
@@ -120,6 +125,10 @@ pub async fn start(cfg: &Config) -> Result<Gateway, GatewayError> {
         .layer(middleware::RequestContextLayer::new(
             metrics.clone(),
             cfg.server.request_timeout,
+            middleware::BodyRate {
+                min_rate: cfg.server.body_min_rate.as_u64(),
+                window: cfg.server.body_rate_window,
+            },
         ))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             cfg.server.max_concurrent_requests,
@@ -145,11 +154,16 @@ pub async fn start(cfg: &Config) -> Result<Gateway, GatewayError> {
         health_bucket: cfg.backend.health_bucket.clone(),
         registry,
         metrics,
+        tier: tier.clone(),
+        token: cfg.server.admin_token.clone(),
     });
     let stop = admin_stop.clone();
     let admin_task = tokio::spawn(async move {
-        let serve =
-            axum::serve(admin_listener, router).with_graceful_shutdown(stop.cancelled_owned());
+        let serve = axum::serve(
+            admin_listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "admin server failed");
         }
@@ -173,7 +187,7 @@ pub async fn start(cfg: &Config) -> Result<Gateway, GatewayError> {
 /// opens the tier on it.
 async fn start_tier(
     cfg: &Config,
-    client: aws_sdk_s3::Client,
+    backend: &backend::BackendClients,
     registry: &mut Registry,
 ) -> Result<
     (
@@ -214,7 +228,7 @@ async fn start_tier(
     let tier = tier::Tier::open(
         &cfg.tier,
         &cfg.data_dir,
-        client,
+        backend,
         Arc::new(pool::PoolStore(pool.clone())),
         manager.clone(),
         registry,

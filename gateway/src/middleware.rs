@@ -3,11 +3,13 @@
 //! [`RequestContextLayer`] gives every request an id (the `x-amz-request-id` response header and
 //! the `RequestId` of every S3 error body), a tracing span, a deadline (`server.request_timeout`,
 //! covering the wait for a concurrency slot too), metrics (operation, status, latency, bytes in
-//! and out), and turns failures of the client's own body into `400 IncompleteBody` rather than
-//! blaming the backing store. The global concurrency limit is tower's
+//! and out), and turns failures of the client's own body into `400 IncompleteBody` (or, for a
+//! body slower than `server.body_min_rate`, `400 RequestTimeout`) rather than blaming the
+//! backing store. The global concurrency limit is tower's
 //! `GlobalConcurrencyLimitLayer`, placed inside this layer.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,17 +44,39 @@ fn new_request_id() -> RequestId {
     RequestId(format!("{:016X}", hi ^ lo).into())
 }
 
+/// The slowest request body accepted: `min_rate` bytes per second of waiting for the client,
+/// over windows of `window` spent waiting for it.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyRate {
+    /// Bytes per second.
+    pub min_rate: u64,
+    /// Waiting time a window measures.
+    pub window: Duration,
+}
+
+impl BodyRate {
+    fn needed(&self) -> u64 {
+        (self.min_rate as f64 * self.window.as_secs_f64()) as u64
+    }
+}
+
 /// Builds [`RequestContext`].
 #[derive(Clone)]
 pub struct RequestContextLayer {
     metrics: S3Metrics,
     timeout: Duration,
+    rate: BodyRate,
 }
 
 impl RequestContextLayer {
-    /// Requests get at most `timeout` until their response headers.
-    pub fn new(metrics: S3Metrics, timeout: Duration) -> Self {
-        Self { metrics, timeout }
+    /// Requests get at most `timeout` until their response headers, and their bodies must keep
+    /// up `rate`.
+    pub fn new(metrics: S3Metrics, timeout: Duration, rate: BodyRate) -> Self {
+        Self {
+            metrics,
+            timeout,
+            rate,
+        }
     }
 }
 
@@ -64,6 +88,7 @@ impl<S> Layer<S> for RequestContextLayer {
             inner,
             metrics: self.metrics.clone(),
             timeout: self.timeout,
+            rate: self.rate,
         }
     }
 }
@@ -74,6 +99,7 @@ pub struct RequestContext<S> {
     inner: S,
     metrics: S3Metrics,
     timeout: Duration,
+    rate: BodyRate,
 }
 
 impl<S> Service<Request<Incoming>> for RequestContext<S>
@@ -97,11 +123,7 @@ where
         let (mut parts, body) = req.into_parts();
         let declared = declared_length(&mut parts.headers);
         let client = ClientBodyState::default();
-        let body = ClientBody {
-            inner: body,
-            state: client.clone(),
-            expected: declared,
-        };
+        let body = ClientBody::new(body, client.clone(), declared, self.rate);
         parts.extensions.insert(slot.clone());
         parts.extensions.insert(id.clone());
         let span = tracing::info_span!(
@@ -141,7 +163,14 @@ where
                         error_response(e)
                     }
                 };
-                if client.failed.load(Ordering::Acquire) && !resp.status().is_success() {
+                if client.stalled.load(Ordering::Acquire) && !resp.status().is_success() {
+                    resp = error_response(S3Error::with_message(
+                        S3ErrorCode::RequestTimeout,
+                        "Your socket connection to the server was not read from or written to \
+                         within the timeout period: the request body came slower than the \
+                         gateway accepts",
+                    ));
+                } else if client.failed.load(Ordering::Acquire) && !resp.status().is_success() {
                     resp = error_response(S3Error::with_message(
                         S3ErrorCode::IncompleteBody,
                         "the request body ended before its declared length, or was longer",
@@ -263,14 +292,23 @@ fn insert_request_id(body: &[u8], id: &str) -> Option<Bytes> {
 struct ClientBodyState {
     bytes: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
 }
 
 /// The client's request body: counts bytes, enforces the declared length (an early end or an
-/// overrun is an error), and records a failure so the response can blame the client.
+/// overrun is an error) and the minimum rate, and records a failure so the response can blame
+/// the client.
 pub struct ClientBody {
     inner: Incoming,
     state: ClientBodyState,
     expected: Option<u64>,
+    rate: BodyRate,
+    /// Time spent waiting for the client in the current window, and bytes it sent.
+    waited: Duration,
+    window_bytes: u64,
+    /// Since when the current wait for the client lasts.
+    pending_since: Option<Instant>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Why the client's body failed.
@@ -287,6 +325,76 @@ pub enum ClientBodyError {
         /// Declared length.
         expected: u64,
     },
+    /// The body came slower than the minimum rate.
+    #[error("the request body sent {got} bytes in {waited:?} of waiting, less than {needed}")]
+    TooSlow {
+        /// Bytes in the window.
+        got: u64,
+        /// Bytes the window needed.
+        needed: u64,
+        /// Waiting time of the window.
+        waited: Duration,
+    },
+}
+
+impl ClientBody {
+    fn new(inner: Incoming, state: ClientBodyState, expected: Option<u64>, rate: BodyRate) -> Self {
+        Self {
+            inner,
+            state,
+            expected,
+            rate,
+            waited: Duration::ZERO,
+            window_bytes: 0,
+            pending_since: None,
+            timer: None,
+        }
+    }
+
+    /// Closes the window once it holds `rate.window` of waiting: an error if the client sent
+    /// too little in it, else a new window starts.
+    fn end_window_if_full(&mut self) -> Result<(), ClientBodyError> {
+        if self.waited < self.rate.window {
+            return Ok(());
+        }
+        let needed = self.rate.needed();
+        if self.window_bytes < needed {
+            self.state.failed.store(true, Ordering::Release);
+            self.state.stalled.store(true, Ordering::Release);
+            return Err(ClientBodyError::TooSlow {
+                got: self.window_bytes,
+                needed,
+                waited: self.waited,
+            });
+        }
+        self.waited = Duration::ZERO;
+        self.window_bytes = 0;
+        Ok(())
+    }
+
+    /// The inner body has nothing yet: arms the timer for the moment this wait fills the
+    /// window, and checks the window when it fires.
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Result<(), ClientBodyError> {
+        loop {
+            let now = Instant::now();
+            let since = *self.pending_since.get_or_insert(now);
+            let deadline = since + self.rate.window.saturating_sub(self.waited);
+            let deadline = tokio::time::Instant::from_std(deadline);
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Ok(());
+            }
+            // The window filled while waiting.
+            self.waited += now.max(since + self.rate.window.saturating_sub(self.waited)) - since;
+            self.pending_since = Some(Instant::now());
+            self.end_window_if_full()?;
+        }
+    }
 }
 
 impl Body for ClientBody {
@@ -299,9 +407,22 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            return match this.poll_wait(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Some(Err(e))),
+            };
+        }
+        if let Some(since) = this.pending_since.take() {
+            this.waited += since.elapsed();
+        }
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    this.window_bytes += data.len() as u64;
+                    if let Err(e) = this.end_window_if_full() {
+                        return Poll::Ready(Some(Err(e)));
+                    }
                     let total = this
                         .state
                         .bytes

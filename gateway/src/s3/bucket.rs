@@ -5,7 +5,7 @@ use aws_sdk_s3::operation::{
     head_bucket::HeadBucketError, list_buckets::ListBucketsError,
 };
 use s3s::dto::*;
-use s3s::{S3, S3ErrorCode, S3Request, S3Response, S3Result};
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::error::{not_found_as, upstream_error};
 
@@ -30,6 +30,15 @@ pub(super) async fn delete_bucket(
     let bucket = req.input.bucket.clone();
     if let Some(t) = &gw.tier {
         t.flush_prefix(&bucket, "").await?;
+        if t.dead_letters().iter().any(|d| d.bucket == bucket) {
+            let mut e = S3Error::with_message(
+                S3ErrorCode::BucketNotEmpty,
+                "the gateway holds writes to this bucket that the backing store refused (dead \
+                 letters); retry or discard them first",
+            );
+            e.set_status_code(http::StatusCode::CONFLICT);
+            return Err(e);
+        }
     }
     let resp = proxied!(gw, delete_bucket, req, DeleteBucketError)?;
     if let Some(t) = &gw.tier {

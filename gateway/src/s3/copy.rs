@@ -12,9 +12,12 @@ pub(super) async fn copy_object(
     req: S3Request<CopyObjectInput>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {
     if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
-        gw.settle(bucket, &[key.as_ref()], false).await?;
+        gw.flushed(bucket, &[key.as_ref()]).await?;
     }
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true)
-        .await?;
-    proxied!(gw, copy_object, req, CopyObjectError)
+    let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+    gw.write_through(&bucket, &key, || async move {
+        let mut req = req;
+        proxied!(uploads: gw, copy_object, keyed req, CopyObjectError)
+    })
+    .await
 }

@@ -1,34 +1,47 @@
-//! DeleteObject and DeleteObjects: delegated to the backing store.
+//! DeleteObject and DeleteObjects: through the journal for keys with unpersisted writes,
+//! delegated to the backing store for the others.
+
+use std::collections::HashMap;
 
 use aws_sdk_s3::operation::{delete_object::DeleteObjectError, delete_objects::DeleteObjectsError};
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
 use super::{Gateway, proxied};
+use crate::tier::{Deletion, WriteGuard};
 
 /// A key with unpersisted writes is deleted through the journal (after them, in order);
-/// any other key in the bucket directly, after the tier forgets it.
+/// any other key in the bucket directly, in the key's commit order. A versioned delete is the
+/// bucket's business: the key's writes go there first.
 pub(super) async fn delete_object(
     gw: &Gateway,
-    req: S3Request<DeleteObjectInput>,
+    mut req: S3Request<DeleteObjectInput>,
 ) -> S3Result<S3Response<DeleteObjectOutput>> {
-    if let Some(tier) = &gw.tier
-        && req.input.version_id.is_none()
-    {
-        if let Some(r) = tier.delete_dirty(&req.input.bucket, &req.input.key).await {
-            r?;
-            return Ok(S3Response::new(DeleteObjectOutput::default()));
-        }
-        tier.invalidate(&req.input.bucket, &req.input.key);
-    } else {
-        gw.settle(&req.input.bucket, &[req.input.key.as_str()], true)
-            .await?;
+    let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+    let Some(tier) = &gw.tier else {
+        return proxied!(gw, delete_object, keyed req, DeleteObjectError);
+    };
+    if req.input.version_id.is_some() {
+        return gw
+            .write_through(&bucket, &key, || async move {
+                let mut req = req;
+                proxied!(gw, delete_object, keyed req, DeleteObjectError)
+            })
+            .await;
     }
-    proxied!(gw, delete_object, req, DeleteObjectError)
+    match tier.delete(&bucket, &key).await? {
+        Deletion::Journaled => Ok(S3Response::new(DeleteObjectOutput::default())),
+        Deletion::InBucket(g) => {
+            let r = proxied!(gw, delete_object, keyed req, DeleteObjectError);
+            tier.end_write(g, r.is_ok()).await;
+            r
+        }
+    }
 }
 
 /// Keys with unpersisted writes are deleted through the journal, the others in one request
-/// to the bucket; the answer lists them all.
+/// to the bucket, each in its key's commit order (the keys' commit locks are taken in sorted
+/// order, so two requests never wait for each other in a cycle); the answer lists them all.
 pub(super) async fn delete_objects(
     gw: &Gateway,
     mut req: S3Request<DeleteObjectsInput>,
@@ -37,37 +50,55 @@ pub(super) async fn delete_objects(
         return proxied!(gw, delete_objects, req, DeleteObjectsError);
     };
     let bucket = req.input.bucket.clone();
+    let objects = std::mem::take(&mut req.input.delete.objects);
+    let mut keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
     let mut journaled = Vec::new();
-    let mut rest = Vec::new();
-    for o in std::mem::take(&mut req.input.delete.objects) {
-        if o.version_id.is_none()
-            && let Some(r) = tier.delete_dirty(&bucket, &o.key).await
-        {
-            r?;
-            journaled.push(DeletedObject {
-                key: Some(o.key),
-                ..Default::default()
-            });
-        } else {
-            if o.version_id.is_some() {
-                gw.settle(&bucket, &[o.key.as_str()], false).await?;
+    let mut held: HashMap<String, WriteGuard> = HashMap::new();
+    for k in keys {
+        let versioned = objects.iter().any(|o| o.key == k && o.version_id.is_some());
+        if versioned {
+            held.insert(k.to_owned(), tier.begin_write(&bucket, k).await?);
+            continue;
+        }
+        match tier.delete(&bucket, k).await? {
+            Deletion::Journaled => journaled.push(k.to_owned()),
+            Deletion::InBucket(g) => {
+                held.insert(k.to_owned(), g);
             }
-            tier.invalidate(&bucket, &o.key);
-            rest.push(o);
         }
     }
+    let rest: Vec<ObjectIdentifier> = objects
+        .into_iter()
+        .filter(|o| held.contains_key(&o.key))
+        .collect();
     let quiet = req.input.delete.quiet == Some(true);
-    let mut resp = if rest.is_empty() {
-        S3Response::new(DeleteObjectsOutput::default())
+    let result = if rest.is_empty() {
+        Ok(S3Response::new(DeleteObjectsOutput::default()))
     } else {
         req.input.delete.objects = rest;
-        proxied!(gw, delete_objects, req, DeleteObjectsError)?
+        proxied!(gw, delete_objects, req, DeleteObjectsError)
     };
+    for (k, g) in held {
+        let ok = result.as_ref().is_ok_and(|r| {
+            !r.output
+                .errors
+                .iter()
+                .flatten()
+                .any(|e| e.key.as_deref() == Some(k.as_str()))
+        });
+        tier.end_write(g, ok).await;
+    }
+    let mut resp = result?;
     if !quiet && !journaled.is_empty() {
         resp.output
             .deleted
             .get_or_insert_with(Vec::new)
-            .extend(journaled);
+            .extend(journaled.into_iter().map(|key| DeletedObject {
+                key: Some(key),
+                ..Default::default()
+            }));
     }
     Ok(resp)
 }

@@ -13,7 +13,7 @@ use crate::tier::{Range, Tier};
 
 pub(super) async fn get_object(
     gw: &Gateway,
-    req: S3Request<GetObjectInput>,
+    mut req: S3Request<GetObjectInput>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let cond = conditions_of!(req.input);
     let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
@@ -27,12 +27,12 @@ pub(super) async fn get_object(
                 return serve_from_tier(tier, &bucket, &key, obj, &req.input, &cond);
             }
             // partNumber and versions are the bucket copy's business: it must be current.
-            Some(Slot::Object(_)) => gw.settle(&bucket, &[key.as_str()], false).await?,
+            Some(Slot::Object(_)) => gw.flushed(&bucket, &[key.as_str()]).await?,
             None => {}
         }
     }
     let whole = plain && req.input.range.is_none();
-    let mut resp = match proxied!(gw, get_object, req, GetObjectError) {
+    let mut resp = match proxied!(gw, get_object, keyed req, GetObjectError) {
         Ok(r) => r,
         Err(e) => return Err(missing_bucket_or(gw, &bucket, e).await),
     };
@@ -117,7 +117,7 @@ fn serve_from_tier(
 
 pub(super) async fn head_object(
     gw: &Gateway,
-    req: S3Request<HeadObjectInput>,
+    mut req: S3Request<HeadObjectInput>,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let cond = conditions_of!(req.input);
     let plain = req.input.part_number.is_none()
@@ -135,13 +135,13 @@ pub(super) async fn head_object(
                 return Ok(S3Response::new(tiered::head_output(&obj.meta, obj.size)));
             }
             Some(Slot::Object(_)) => {
-                gw.settle(&req.input.bucket, &[req.input.key.as_str()], false)
+                gw.flushed(&req.input.bucket, &[req.input.key.as_str()])
                     .await?;
             }
             None => {}
         }
     }
-    let resp = proxied!(gw, head_object, req, HeadObjectError)?;
+    let resp = proxied!(gw, head_object, keyed req, HeadObjectError)?;
     cond.check(
         resp.output.e_tag.as_ref(),
         resp.output.last_modified.as_ref(),
@@ -227,14 +227,13 @@ pub(super) async fn get_object_attributes(
 ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
     let input = req.input;
     let want = wanted(&input.object_attributes)?;
-    gw.settle(&input.bucket, &[input.key.as_str()], false)
-        .await?;
+    gw.flushed(&input.bucket, &[input.key.as_str()]).await?;
     let head = |part: Option<i32>| {
         let mut h = gw
             .client
             .head_object()
             .bucket(&input.bucket)
-            .key(&input.key)
+            .key(crate::backend::sdk_key(&input.key))
             .set_version_id(input.version_id.clone())
             .set_sse_customer_algorithm(input.sse_customer_algorithm.clone())
             .set_sse_customer_key(input.sse_customer_key.clone())

@@ -5,19 +5,13 @@
 //! the client asked, so `a+b c.txt` comes back to the aws CLI as `a+b c.txt` whatever the store.
 
 use aws_sdk_s3::operation::{list_objects::ListObjectsError, list_objects_v2::ListObjectsV2Error};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
 use super::{Gateway, proxied};
 
-/// Characters S3 leaves as they are in URL-encoded listings: unreserved ones and `/`.
-const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~')
-    .remove(b'/');
+use crate::backend::KEY_SET;
 
 /// Percent-encodes a key as S3 does for `encoding-type=url`.
 pub(super) fn encode_key(s: &str) -> String {

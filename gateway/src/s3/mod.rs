@@ -20,7 +20,26 @@ use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
 /// Calls `Proxy::$op` and re-maps its error through the gateway's upstream error mapping.
+/// `proxied!(gw, ...)` goes through the client with the first-byte timeout, `proxied!(uploads:
+/// gw, ...)` through the one for bodies streamed from the client (see [`crate::backend`]).
+///
+/// `keyed req` first hands the SDK [`crate::backend::sdk_key`] of the request's key (a key of
+/// only whitespace would otherwise be refused by the SDK).
 macro_rules! proxied {
+    (uploads: $gw:expr, $op:ident, keyed $req:ident, $err:ty) => {{
+        $req.input.key = crate::backend::sdk_key(&$req.input.key).into_owned();
+        proxied!(uploads: $gw, $op, $req, $err)
+    }};
+    ($gw:expr, $op:ident, keyed $req:ident, $err:ty) => {{
+        $req.input.key = crate::backend::sdk_key(&$req.input.key).into_owned();
+        proxied!($gw, $op, $req, $err)
+    }};
+    (uploads: $gw:expr, $op:ident, $req:expr, $err:ty) => {
+        $gw.uploads
+            .$op($req)
+            .await
+            .map_err(crate::error::refine_proxy_error::<$err>)
+    };
     ($gw:expr, $op:ident, $req:expr, $err:ty) => {
         $gw.proxy
             .$op($req)
@@ -34,50 +53,67 @@ pub(crate) use proxied;
 pub struct Gateway {
     /// Forwards operations to the backing store, converting s3s types to the SDK's.
     pub(crate) proxy: s3s_aws::Proxy,
+    /// The same, for requests streaming a large body from the client.
+    pub(crate) uploads: s3s_aws::Proxy,
     /// The backing store, for calls the gateway composes itself.
     pub(crate) client: aws_sdk_s3::Client,
     /// The region this endpoint reports.
     pub(crate) region: String,
     /// The serverless-memory tier, when enabled.
     pub(crate) tier: Option<std::sync::Arc<crate::tier::Tier>>,
+    /// Which keys the backing store takes (checked before a write-back is acknowledged).
+    pub(crate) keys: crate::backend::KeyRules,
 }
 
 impl Gateway {
     /// A gateway in front of the store `client` talks to, reporting `region`, with the tier
     /// in front of it when given.
     pub fn new(
-        client: aws_sdk_s3::Client,
+        backend: &crate::backend::BackendClients,
         region: String,
         tier: Option<std::sync::Arc<crate::tier::Tier>>,
+        keys: crate::backend::KeyRules,
     ) -> Self {
         Self {
-            proxy: s3s_aws::Proxy::from(client.clone()),
-            client,
+            proxy: s3s_aws::Proxy::from(backend.client.clone()),
+            uploads: s3s_aws::Proxy::from(backend.uploads.clone()),
+            client: backend.client.clone(),
             region,
             tier,
+            keys,
         }
     }
 
-    /// Before the bucket copy of these keys is changed or read by an operation passed straight
-    /// to the bucket: their unpersisted writes go first, and the tier forgets them if
-    /// `invalidate`.
-    pub(crate) async fn settle(
-        &self,
-        bucket: &str,
-        keys: &[&str],
-        invalidate: bool,
-    ) -> s3s::S3Result<()> {
+    /// Before an operation passed straight to the bucket reads the bucket's copy of these keys:
+    /// their unpersisted writes go first (see [`crate::tier::Tier::flush`]).
+    pub(crate) async fn flushed(&self, bucket: &str, keys: &[&str]) -> s3s::S3Result<()> {
         let Some(tier) = &self.tier else {
             return Ok(());
         };
         let owned: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
-        tier.flush(bucket, &owned).await?;
-        if invalidate {
-            for k in keys {
-                tier.invalidate(bucket, k);
-            }
-        }
-        Ok(())
+        tier.flush(bucket, &owned).await
+    }
+
+    /// Runs `op`, a write of `key` passed straight to the bucket, in the key's commit order:
+    /// after its acknowledged writes are in the bucket, with no write-back commit of the key
+    /// meanwhile, and the tier forgets the key's old contents afterwards (see
+    /// [`crate::tier::Tier::begin_write`]).
+    pub(crate) async fn write_through<T, Fut>(
+        &self,
+        bucket: &str,
+        key: &str,
+        op: impl FnOnce() -> Fut,
+    ) -> s3s::S3Result<T>
+    where
+        Fut: std::future::Future<Output = s3s::S3Result<T>>,
+    {
+        let Some(tier) = &self.tier else {
+            return op().await;
+        };
+        let g = tier.begin_write(bucket, key).await?;
+        let r = op().await;
+        tier.end_write(g, r.is_ok()).await;
+        r
     }
 }
 

@@ -19,7 +19,7 @@ pub(super) async fn create_multipart_upload(
     mut req: S3Request<CreateMultipartUploadInput>,
 ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
     req.input.content_encoding = strip_aws_chunked(req.input.content_encoding.take());
-    proxied!(gw, create_multipart_upload, req, CreateMultipartUploadError)
+    proxied!(gw, create_multipart_upload, keyed req, CreateMultipartUploadError)
 }
 
 pub(super) async fn upload_part(
@@ -27,17 +27,17 @@ pub(super) async fn upload_part(
     mut req: S3Request<UploadPartInput>,
 ) -> S3Result<S3Response<UploadPartOutput>> {
     req.input.content_length = body_length(&req.headers, req.input.content_length);
-    proxied!(gw, upload_part, req, UploadPartError)
+    proxied!(uploads: gw, upload_part, keyed req, UploadPartError)
 }
 
 pub(super) async fn upload_part_copy(
     gw: &Gateway,
-    req: S3Request<UploadPartCopyInput>,
+    mut req: S3Request<UploadPartCopyInput>,
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
     if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
-        gw.settle(bucket, &[key.as_ref()], false).await?;
+        gw.flushed(bucket, &[key.as_ref()]).await?;
     }
-    proxied!(gw, upload_part_copy, req, UploadPartCopyError)
+    proxied!(uploads: gw, upload_part_copy, keyed req, UploadPartCopyError)
 }
 
 /// The assembled object replaces the key: its earlier writes go to the bucket first, and the
@@ -46,28 +46,31 @@ pub(super) async fn complete_multipart_upload(
     gw: &Gateway,
     req: S3Request<CompleteMultipartUploadInput>,
 ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true)
-        .await?;
-    proxied!(
-        gw,
-        complete_multipart_upload,
-        req,
-        CompleteMultipartUploadError
-    )
+    let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+    gw.write_through(&bucket, &key, || async move {
+        let mut req = req;
+        proxied!(
+            uploads: gw,
+            complete_multipart_upload,
+            keyed req,
+            CompleteMultipartUploadError
+        )
+    })
+    .await
 }
 
 pub(super) async fn abort_multipart_upload(
     gw: &Gateway,
-    req: S3Request<AbortMultipartUploadInput>,
+    mut req: S3Request<AbortMultipartUploadInput>,
 ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-    proxied!(gw, abort_multipart_upload, req, AbortMultipartUploadError)
+    proxied!(gw, abort_multipart_upload, keyed req, AbortMultipartUploadError)
 }
 
 pub(super) async fn list_parts(
     gw: &Gateway,
-    req: S3Request<ListPartsInput>,
+    mut req: S3Request<ListPartsInput>,
 ) -> S3Result<S3Response<ListPartsOutput>> {
-    proxied!(gw, list_parts, req, ListPartsError)
+    proxied!(gw, list_parts, keyed req, ListPartsError)
 }
 
 pub(super) async fn list_multipart_uploads(

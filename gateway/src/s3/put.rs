@@ -1,5 +1,8 @@
-//! PutObject: delegated to the backing store, after undoing what the client-side transfer
-//! encoding left in the input.
+//! PutObject: written back through the tier, or delegated to the backing store after undoing
+//! what the client-side transfer encoding left in the input. A small body is read whole before
+//! the bucket is called, so the bucket's first-byte timeout measures the bucket, not the client,
+//! and a body the client got wrong (a bad aws-chunked signature, a short body) is answered as
+//! the client's fault.
 
 use aws_sdk_s3::operation::put_object::PutObjectError;
 use http::HeaderMap;
@@ -20,6 +23,7 @@ pub(super) async fn put_object(
     if let (Some(tier), Some(len)) = (&gw.tier, len)
         && tier.writes_back(len)
         && tiered::write_back_supported(&req.input)
+        && bucket_takes(gw, &req.input).await?
     {
         let check = BodyCheck::for_put(&req.input, &req.headers, req.trailing_headers.clone());
         let meta = tiered::meta_from_put(&req.input, req.input.content_encoding.clone());
@@ -48,9 +52,47 @@ pub(super) async fn put_object(
         }
         return Ok(S3Response::new(out));
     }
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], true)
-        .await?;
-    proxied!(gw, put_object, req, PutObjectError)
+    let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+    let small = len.is_some_and(|l| l <= SMALL_BODY);
+    if small && let Some(body) = req.input.body.take() {
+        req.input.body = Some(read_whole(body).await?);
+    }
+    gw.write_through(&bucket, &key, || async move {
+        let mut req = req;
+        if small {
+            proxied!(gw, put_object, keyed req, PutObjectError)
+        } else {
+            proxied!(uploads: gw, put_object, keyed req, PutObjectError)
+        }
+    })
+    .await
+}
+
+/// Whether the bucket will take this PUT, decided before a write-back acknowledges it: what
+/// the bucket is known to refuse (S3's limits on metadata and tags, keys the backing store
+/// cannot hold) is refused now with the bucket's error; a key not every store takes is passed
+/// through (`false`), so the bucket answers for it.
+async fn bucket_takes(gw: &Gateway, input: &PutObjectInput) -> S3Result<bool> {
+    tiered::check_put_limits(input)?;
+    match gw.keys.check(&input.bucket, &input.key).await {
+        crate::backend::KeyFit::Holds => Ok(true),
+        crate::backend::KeyFit::Unsure => Ok(false),
+        crate::backend::KeyFit::Refused(e) => Err(e),
+    }
+}
+
+/// Pass-through bodies up to this size are read whole before the bucket is called.
+pub(super) const SMALL_BODY: u64 = 1 << 20;
+
+/// Reads a (small) request body whole; a failure is the client's
+/// ([`crate::error::body_error`]).
+pub(super) async fn read_whole(mut body: StreamingBlob) -> S3Result<StreamingBlob> {
+    use futures::StreamExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.next().await {
+        buf.extend_from_slice(&frame.map_err(|e| crate::error::body_error(e.as_ref()))?);
+    }
+    Ok(StreamingBlob::from(s3s::Body::from(buf.freeze())))
 }
 
 /// The length of the decoded body: s3s has already decoded an aws-chunked body and rewritten

@@ -11,27 +11,27 @@ use super::{Gateway, proxied};
 
 pub(super) async fn get_object_tagging(
     gw: &Gateway,
-    req: S3Request<GetObjectTaggingInput>,
+    mut req: S3Request<GetObjectTaggingInput>,
 ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false)
+    gw.flushed(&req.input.bucket, &[req.input.key.as_str()])
         .await?;
-    proxied!(gw, get_object_tagging, req, GetObjectTaggingError)
+    proxied!(gw, get_object_tagging, keyed req, GetObjectTaggingError)
 }
 
 pub(super) async fn put_object_tagging(
     gw: &Gateway,
-    req: S3Request<PutObjectTaggingInput>,
+    mut req: S3Request<PutObjectTaggingInput>,
 ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false)
+    gw.flushed(&req.input.bucket, &[req.input.key.as_str()])
         .await?;
-    proxied!(gw, put_object_tagging, req, PutObjectTaggingError)
+    proxied!(gw, put_object_tagging, keyed req, PutObjectTaggingError)
 }
 
 pub(super) async fn delete_object_tagging(
     gw: &Gateway,
-    req: S3Request<DeleteObjectTaggingInput>,
+    mut req: S3Request<DeleteObjectTaggingInput>,
 ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
-    gw.settle(&req.input.bucket, &[req.input.key.as_str()], false)
+    gw.flushed(&req.input.bucket, &[req.input.key.as_str()])
         .await?;
-    proxied!(gw, delete_object_tagging, req, DeleteObjectTaggingError)
+    proxied!(gw, delete_object_tagging, keyed req, DeleteObjectTaggingError)
 }

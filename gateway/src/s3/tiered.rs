@@ -47,6 +47,30 @@ pub fn write_back_supported(input: &PutObjectInput) -> bool {
         && input.write_offset_bytes.is_none()
 }
 
+/// Most bytes of user metadata (keys and values, UTF-8) S3 takes on an object.
+pub const MAX_USER_METADATA: usize = 2048;
+
+/// Refuses, as S3 would, a PUT whose user metadata or tags S3 does not take (checked before a
+/// write-back is acknowledged, since the bucket sees it only later).
+pub fn check_put_limits(input: &PutObjectInput) -> s3s::S3Result<()> {
+    let meta: usize = input
+        .metadata
+        .iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if meta > MAX_USER_METADATA {
+        return Err(s3s::s3_error!(
+            MetadataTooLarge,
+            "user metadata is {meta} bytes; S3 takes at most {MAX_USER_METADATA}"
+        ));
+    }
+    if let Some(t) = &input.tagging {
+        crate::embedded::parse_tagging_header(t)?;
+    }
+    Ok(())
+}
+
 /// The metadata a PUT stores (ETag and time are filled in by the tier).
 pub fn meta_from_put(input: &PutObjectInput, content_encoding: Option<String>) -> ObjectMeta {
     ObjectMeta {

@@ -18,8 +18,19 @@
 //! end of the body (ETag, checksums). Data integrity end to end is checked by the bucket: the
 //! persisted PUT carries the MD5 of the data (Content-MD5).
 //!
-//! **Space.** The journal holds at most `capacity` bytes of data; a writer reserves its size
-//! first and waits for space (then gives up: the caller answers 503 SlowDown).
+//! **Sequence numbers** are taken at commit, not when a write starts: a record's `seq` orders it
+//! among the key's writes by the time it became durable (last writer wins, as in S3). Unfinished
+//! records are `.<n>.tmp` files named by a counter of their own.
+//!
+//! **Dead letters.** A record the bucket refused for good (a 4xx such as AccessDenied,
+//! InvalidRequest, NoSuchBucket) is marked by a small file `<seq:020>.dead` next to it (the
+//! refusal, as text; written whole with fsync + rename). The record stays: it is still served
+//! and can be retried (the marker is removed) or discarded (both files go) by an operator.
+//!
+//! **Space.** The journal holds at most `capacity` bytes of data. A writer reserves space as its
+//! data arrives ([`Journal::reserve`], then [`Journal::grow`]), waiting a bounded time for it
+//! (then the caller answers 503 SlowDown), so a request never holds space for bytes it has not
+//! sent.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,6 +126,7 @@ pub struct RecordHeader {
 pub struct Journal {
     dir: PathBuf,
     next_seq: AtomicU64,
+    next_tmp: AtomicU64,
     capacity: u64,
     space: Arc<Semaphore>,
 }
@@ -122,7 +134,7 @@ pub struct Journal {
 /// Space reserved for one record, returned when the record is released.
 #[derive(Debug)]
 pub struct Reservation {
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
     bytes: u64,
 }
 
@@ -131,6 +143,17 @@ impl Reservation {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+}
+
+/// A record found when the journal was opened.
+#[derive(Debug)]
+pub struct Replayed {
+    /// Its header.
+    pub header: RecordHeader,
+    /// The space it holds.
+    pub space: Reservation,
+    /// Why the bucket refused it, when it is a dead letter.
+    pub dead: Option<String>,
 }
 
 fn units(bytes: u64) -> u32 {
@@ -143,14 +166,12 @@ fn record_name(seq: u64) -> String {
 
 impl Journal {
     /// Opens (creating) the journal in `dir` and reads back every complete record, oldest
-    /// first, each with the space it holds. Leftover temporary files of unfinished writes are
-    /// removed.
-    pub async fn open(
-        dir: &Path,
-        capacity: u64,
-    ) -> Result<(Self, Vec<(RecordHeader, Reservation)>), JournalError> {
+    /// first, each with the space it holds and its dead-letter mark. Leftover temporary files
+    /// of unfinished writes, and marks whose record is gone, are removed.
+    pub async fn open(dir: &Path, capacity: u64) -> Result<(Self, Vec<Replayed>), JournalError> {
         tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
         let mut records = Vec::new();
+        let mut marks = std::collections::HashMap::new();
         let mut entries = tokio::fs::read_dir(dir).await.map_err(io(dir))?;
         while let Some(e) = entries.next_entry().await.map_err(io(dir))? {
             let name = e.file_name();
@@ -162,6 +183,12 @@ impl Journal {
             }
             if name.ends_with(".rec") {
                 records.push(read_header(&path).await?);
+            } else if let Some(seq) = name
+                .strip_suffix(".dead")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                let why = tokio::fs::read_to_string(&path).await.map_err(io(&path))?;
+                marks.insert(seq, (path, why));
             }
         }
         records.sort_by_key(|h| h.seq);
@@ -178,7 +205,7 @@ impl Journal {
         let space = Arc::new(Semaphore::new(
             usize::try_from(cap_units.max(total_units)).unwrap_or(usize::MAX),
         ));
-        let mut with_space = Vec::with_capacity(records.len());
+        let mut replayed = Vec::with_capacity(records.len());
         for h in records {
             let permit = space
                 .clone()
@@ -187,21 +214,29 @@ impl Journal {
                     path: dir.to_owned(),
                     reason: "journal space accounting".into(),
                 })?;
-            let r = Reservation {
-                _permit: Some(permit),
-                bytes: h.size,
-            };
-            with_space.push((h, r));
+            let dead = marks.remove(&h.seq).map(|(_, why)| why);
+            replayed.push(Replayed {
+                space: Reservation {
+                    permit: Some(permit),
+                    bytes: h.size,
+                },
+                header: h,
+                dead,
+            });
         }
-        let next = with_space.last().map_or(1, |(h, _)| h.seq + 1);
+        for (path, _) in marks.into_values() {
+            tokio::fs::remove_file(&path).await.map_err(io(&path))?;
+        }
+        let next = replayed.last().map_or(1, |r| r.header.seq + 1);
         let journal = Self {
             dir: dir.to_owned(),
             next_seq: AtomicU64::new(next),
+            next_tmp: AtomicU64::new(1),
             capacity,
             space,
         };
         sync_dir(dir).await?;
-        Ok((journal, with_space))
+        Ok((journal, replayed))
     }
 
     /// Capacity in bytes.
@@ -222,27 +257,54 @@ impl Journal {
 
     /// Reserves space for `size` bytes, waiting at most `wait`.
     pub async fn reserve(&self, size: u64, wait: Duration) -> Result<Reservation, JournalError> {
+        let mut r = Reservation {
+            permit: None,
+            bytes: 0,
+        };
+        self.grow(&mut r, size, wait).await?;
+        Ok(r)
+    }
+
+    /// Grows `r` to hold `size` bytes (a no-op if it does), waiting at most `wait` for the
+    /// difference. On failure `r` keeps what it had.
+    pub async fn grow(
+        &self,
+        r: &mut Reservation,
+        size: u64,
+        wait: Duration,
+    ) -> Result<(), JournalError> {
         if !self.fits(size) {
             return Err(JournalError::TooLarge {
                 size,
                 capacity: self.capacity,
             });
         }
-        let acquire = self.space.clone().acquire_many_owned(units(size));
-        match tokio::time::timeout(wait, acquire).await {
-            Ok(Ok(permit)) => Ok(Reservation {
-                _permit: Some(permit),
-                bytes: size,
-            }),
-            _ => Err(JournalError::Full {
-                used: self.used(),
-                capacity: self.capacity,
-                waited: wait,
-            }),
+        let held = r.permit.as_ref().map_or(0, |p| p.num_permits());
+        let more = (units(size) as usize).saturating_sub(held);
+        if more > 0 {
+            let more = u32::try_from(more).unwrap_or(u32::MAX);
+            let acquire = self.space.clone().acquire_many_owned(more);
+            let permit = match tokio::time::timeout(wait, acquire).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    return Err(JournalError::Full {
+                        used: self.used(),
+                        capacity: self.capacity,
+                        waited: wait,
+                    });
+                }
+            };
+            match &mut r.permit {
+                Some(p) => p.merge(permit),
+                None => r.permit = Some(permit),
+            }
         }
+        r.bytes = r.bytes.max(size);
+        Ok(())
     }
 
-    /// The next sequence number.
+    /// The next sequence number: take it when the record is committed (it orders the record
+    /// among the key's writes).
     pub fn next_seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::SeqCst)
     }
@@ -252,14 +314,18 @@ impl Journal {
         self.dir.join(record_name(seq))
     }
 
-    /// Starts writing record `seq`'s data.
-    pub async fn writer(&self, seq: u64) -> Result<RecordWriter, JournalError> {
-        let tmp = self.dir.join(format!(".{seq}.tmp"));
+    fn dead_path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.dead"))
+    }
+
+    /// Starts writing a record's data; its sequence number is given at commit.
+    pub async fn writer(&self) -> Result<RecordWriter, JournalError> {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".{n}.tmp"));
         let file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
         Ok(RecordWriter {
             file: tokio::io::BufWriter::with_capacity(1 << 20, file),
             tmp,
-            dest: self.path(seq),
             dir: self.dir.clone(),
             written: 0,
         })
@@ -267,19 +333,48 @@ impl Journal {
 
     /// Writes a record without data (a delete), durably.
     pub async fn write_empty(&self, header: &RecordHeader) -> Result<(), JournalError> {
-        let w = self.writer(header.seq).await?;
-        w.commit(header).await
+        let w = self.writer().await?;
+        w.commit(self, header).await
     }
 
-    /// Removes record `seq` durably (after the bucket confirmed it, or when superseded).
+    /// Removes record `seq` (and its dead-letter mark) durably, after the bucket confirmed it
+    /// or when it is superseded or discarded.
     pub async fn remove(&self, seq: u64) -> Result<(), JournalError> {
-        let path = self.path(seq);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io(&path)(e)),
+        let mut removed = false;
+        for path in [self.path(seq), self.dead_path(seq)] {
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
         }
+        if removed {
+            sync_dir(&self.dir).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks record `seq` a dead letter, durably, with the bucket's refusal.
+    pub async fn mark_dead(&self, seq: u64, why: &str) -> Result<(), JournalError> {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".{n}.tmp"));
+        let dest = self.dead_path(seq);
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+        f.write_all(why.as_bytes()).await.map_err(io(&tmp))?;
+        f.sync_all().await.map_err(io(&tmp))?;
+        drop(f);
+        tokio::fs::rename(&tmp, &dest).await.map_err(io(&dest))?;
         sync_dir(&self.dir).await
+    }
+
+    /// Removes the dead-letter mark of record `seq` (it is retried), durably.
+    pub async fn clear_dead(&self, seq: u64) -> Result<(), JournalError> {
+        let path = self.dead_path(seq);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => sync_dir(&self.dir).await,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
     /// Opens record `seq`'s data for reading, positioned at `offset`.
@@ -299,7 +394,6 @@ impl Journal {
 pub struct RecordWriter {
     file: tokio::io::BufWriter<tokio::fs::File>,
     tmp: PathBuf,
-    dest: PathBuf,
     dir: PathBuf,
     written: u64,
 }
@@ -317,9 +411,23 @@ impl RecordWriter {
         self.written
     }
 
-    /// Appends the header and footer, fsyncs, renames into place and fsyncs the directory:
-    /// from here on the record survives a crash.
-    pub async fn commit(mut self, header: &RecordHeader) -> Result<(), JournalError> {
+    /// Appends the header and footer, fsyncs, renames into place as record `header.seq` and
+    /// fsyncs the directory: from here on the record survives a crash. On failure the
+    /// temporary file is removed.
+    pub async fn commit(
+        self,
+        journal: &Journal,
+        header: &RecordHeader,
+    ) -> Result<(), JournalError> {
+        let tmp = self.tmp.clone();
+        let r = self.finish(&journal.path(header.seq), header).await;
+        if r.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        r
+    }
+
+    async fn finish(mut self, dest: &Path, header: &RecordHeader) -> Result<(), JournalError> {
         if header.size != self.written {
             return Err(JournalError::Corrupt {
                 path: self.tmp.clone(),
@@ -350,9 +458,7 @@ impl RecordWriter {
             .sync_all()
             .await
             .map_err(io(&self.tmp))?;
-        tokio::fs::rename(&self.tmp, &self.dest)
-            .await
-            .map_err(io(&self.dest))?;
+        tokio::fs::rename(&self.tmp, dest).await.map_err(io(dest))?;
         sync_dir(&self.dir).await
     }
 
@@ -437,18 +543,18 @@ mod tests {
         let (j, old) = Journal::open(dir.path(), 1 << 30).await.unwrap();
         assert!(old.is_empty());
         for key in ["a", "b"] {
-            let seq = j.next_seq();
-            let mut w = j.writer(seq).await.unwrap();
+            let mut w = j.writer().await.unwrap();
             w.write(key.as_bytes()).await.unwrap();
             w.write(b"-data").await.unwrap();
-            w.commit(&header(seq, key, 1 + 5)).await.unwrap();
+            let seq = j.next_seq();
+            w.commit(&j, &header(seq, key, 1 + 5)).await.unwrap();
         }
         let seq = j.next_seq();
         let mut del = header(seq, "a", 0);
         del.kind = RecordKind::Delete;
         j.write_empty(&del).await.unwrap();
         // an unfinished write
-        let mut w = j.writer(j.next_seq()).await.unwrap();
+        let mut w = j.writer().await.unwrap();
         w.write(b"partial").await.unwrap();
         drop(w);
         drop(j);
@@ -456,7 +562,7 @@ mod tests {
         let (j, recs) = Journal::open(dir.path(), 1 << 30).await.unwrap();
         let keys: Vec<_> = recs
             .iter()
-            .map(|(h, _)| (h.seq, h.key.as_str(), h.kind.clone()))
+            .map(|r| (r.header.seq, r.header.key.as_str(), r.header.kind.clone()))
             .collect();
         assert_eq!(
             keys,
@@ -513,12 +619,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reservations_grow_with_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 1 << 20).await.unwrap();
+        let wait = Duration::from_millis(20);
+        // a writer declaring 900 KiB holds only what it asked for so far
+        let mut big = j.reserve(64 << 10, wait).await.unwrap();
+        let other = j.reserve(700 << 10, wait).await.unwrap();
+        assert_eq!(j.used(), (64 + 704) << 10);
+        // growing past the free space waits, fails, and keeps what it had
+        assert!(matches!(
+            j.grow(&mut big, 900 << 10, wait).await,
+            Err(JournalError::Full { .. })
+        ));
+        assert_eq!(big.bytes(), 64 << 10);
+        drop(other);
+        j.grow(&mut big, 900 << 10, wait).await.unwrap();
+        assert_eq!(big.bytes(), 900 << 10);
+        j.grow(&mut big, 100, wait).await.unwrap();
+        assert_eq!(big.bytes(), 900 << 10, "growing never shrinks");
+        drop(big);
+        assert_eq!(j.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn dead_marks_survive_reopen_and_go_with_their_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 1 << 30).await.unwrap();
+        for seq in [1, 2] {
+            let mut w = j.writer().await.unwrap();
+            w.write(b"x").await.unwrap();
+            w.commit(&j, &header(seq, "k", 1)).await.unwrap();
+        }
+        j.mark_dead(1, "InvalidRequest: no").await.unwrap();
+        j.mark_dead(2, "AccessDenied").await.unwrap();
+        j.clear_dead(2).await.unwrap();
+        drop(j);
+        let (j, recs) = Journal::open(dir.path(), 1 << 30).await.unwrap();
+        let dead: Vec<_> = recs
+            .iter()
+            .map(|r| (r.header.seq, r.dead.clone()))
+            .collect();
+        assert_eq!(
+            dead,
+            [(1, Some("InvalidRequest: no".to_owned())), (2, None)]
+        );
+        j.remove(1).await.unwrap();
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("00000000000000000001")),
+            "record and mark are both gone"
+        );
+    }
+
+    #[tokio::test]
     async fn damaged_records_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path(), 1 << 30).await.unwrap();
-        let mut w = j.writer(1).await.unwrap();
+        let mut w = j.writer().await.unwrap();
         w.write(b"xyz").await.unwrap();
-        w.commit(&header(1, "k", 3)).await.unwrap();
+        w.commit(&j, &header(1, "k", 3)).await.unwrap();
         let path = j.path(1);
         let mut bytes = std::fs::read(&path).unwrap();
         let n = bytes.len();

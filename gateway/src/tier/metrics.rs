@@ -35,8 +35,14 @@ pub struct TierMetrics {
     pub persistence_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Writes persisted to the bucket.
     pub persisted: Counter,
-    /// Failed persistence attempts (retried).
+    /// Failed persistence attempts (retried, or dead-lettered when refused).
     pub persist_failures: Counter,
+    /// Keys whose newest write the bucket refused (dead letters: served, not retried).
+    pub dead_letters: Gauge,
+    /// Bytes of dead letters (they hold journal space).
+    pub dead_letter_bytes: Gauge,
+    /// Writes that became dead letters.
+    pub dead_lettered: Counter,
     /// PUTs refused with 503 SlowDown because the journal was full.
     pub slowdowns: Counter,
     /// Chunks moved by promotion or repair after reads.
@@ -108,8 +114,23 @@ impl TierMetrics {
         );
         r.register(
             "persist_failures",
-            "Failed persistence attempts (retried)",
+            "Failed persistence attempts (retried, or dead-lettered when refused)",
             m.persist_failures.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Keys whose newest acknowledged write the bucket refused (served, not retried)",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "dead_letter_bytes",
+            "Bytes of dead letters in the journal",
+            m.dead_letter_bytes.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Acknowledged writes the bucket refused for good",
+            m.dead_lettered.clone(),
         );
         r.register(
             "slowdowns",

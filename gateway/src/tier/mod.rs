@@ -10,10 +10,13 @@
 //! journal is replayed and persisted. `write_policy = through` passes PUTs to the bucket and
 //! answers when the bucket has the object.
 //!
-//! Ordering: every write or delete of a key goes through the journal with a sequence number,
-//! only a key's newest record is persisted, one upload per key at a time; operations the tier
-//! passes straight to the bucket (copy, multipart completion, tagging, listing) first wait until
-//! the keys they touch have no unpersisted writes, so an older version never lands last.
+//! Ordering ([`order`]): a key's writes commit one at a time, each taking its journal sequence
+//! number at commit, so the write acknowledged last is the key's current version in the index,
+//! in the persister and, once persisted, in the bucket. Only a key's newest record is
+//! persisted, one upload per key at a time; operations the tier passes straight to the bucket
+//! (copy, multipart completion, tagging, listing) first wait until the keys they touch have no
+//! unpersisted writes, and writes among them hold the key's commit lock, so an older version
+//! never lands last. A write the bucket refuses for good is a dead letter ([`persist`]).
 
 pub mod body;
 pub mod check;
@@ -24,6 +27,7 @@ pub mod journal;
 pub mod manager;
 pub mod meta;
 pub mod metrics;
+pub mod order;
 pub mod persist;
 mod read;
 mod recover;
@@ -44,7 +48,8 @@ use self::ec::Codec;
 use self::index::{CachedObject, FunctionId, Index, Slot};
 use self::journal::{Journal, JournalError, RecordHeader, RecordKind};
 use self::metrics::TierMetrics;
-use self::persist::Persister;
+use self::order::{KeyGuard, KeyLocks};
+use self::persist::{DeadLetter, PersistConfig, Persister};
 use crate::config::{TierConfig, WritePolicy};
 
 pub use self::read::Range;
@@ -96,7 +101,20 @@ pub struct Tier {
     client: aws_sdk_s3::Client,
     metrics: TierMetrics,
     recovery: metrics::RecoveryMetrics,
-    buckets: Mutex<HashSet<String>>,
+    buckets: Arc<Mutex<HashSet<String>>>,
+    locks: Arc<KeyLocks>,
+}
+
+/// A write passed straight to the bucket, holding its key's commit lock (see [`order`]):
+/// from [`Tier::begin_write`] to [`Tier::end_write`].
+pub struct WriteGuard(KeyGuard);
+
+/// How [`Tier::delete`] deleted a key.
+pub enum Deletion {
+    /// Through the journal (the key had unpersisted writes): done.
+    Journaled,
+    /// The caller deletes it in the bucket, then calls [`Tier::end_write`].
+    InBucket(WriteGuard),
 }
 
 /// How often the persistence-lag gauge is refreshed.
@@ -108,7 +126,7 @@ impl Tier {
     pub async fn open(
         cfg: &TierConfig,
         data_dir: &Path,
-        client: aws_sdk_s3::Client,
+        backend: &crate::backend::BackendClients,
         chunks: Arc<dyn ChunkStore>,
         placer: Arc<dyn Placer>,
         registry: &mut Registry,
@@ -128,16 +146,53 @@ impl Tier {
             let index = index.clone();
             Arc::new(move |h: &RecordHeader| index.persisted(&h.bucket, &h.key, h.seq))
         };
+        let client = backend.client.clone();
+        // A bucket deleted behind the gateway: checked again before the next write to it.
+        let known_buckets: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let on_refused: persist::OnRefused = {
+            let known = known_buckets.clone();
+            Arc::new(move |h: &RecordHeader, why: &str| {
+                if why.starts_with("NoSuchBucket") {
+                    known
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&h.bucket);
+                }
+            })
+        };
         let persister = Persister::new(
             journal.clone(),
-            client.clone(),
-            cfg.persist_concurrency,
-            cfg.persist_retry_max,
+            backend.uploads.clone(),
+            PersistConfig {
+                concurrency: cfg.persist_concurrency,
+                retry_max: cfg.persist_retry_max,
+                first_byte_timeout: backend.first_byte_timeout,
+            },
             on_persisted,
+            on_refused,
             metrics.clone(),
         );
+        // Only a key's newest record matters; older ones were superseded before the restart.
+        let mut newest: std::collections::HashMap<(String, String), journal::Replayed> =
+            std::collections::HashMap::new();
+        for r in replay {
+            let path = (r.header.bucket.clone(), r.header.key.clone());
+            if let Some(old) = newest.insert(path, r) {
+                journal
+                    .remove(old.header.seq)
+                    .await
+                    .map_err(|e| crate::GatewayError::Embedded(format!("journal: {e}")))?;
+            }
+        }
+        let mut replay: Vec<journal::Replayed> = newest.into_values().collect();
+        replay.sort_by_key(|r| r.header.seq);
         let mut buckets = HashSet::new();
-        for (h, space) in replay {
+        for journal::Replayed {
+            header: h,
+            space,
+            dead,
+        } in replay
+        {
             buckets.insert(h.bucket.clone());
             let slot = match h.kind {
                 RecordKind::Put => Slot::Object(Arc::new(CachedObject {
@@ -150,8 +205,12 @@ impl Tier {
                 RecordKind::Delete => Slot::Deleted { seq: h.seq },
             };
             let _ = index.write(&h.bucket, &h.key, h.seq, slot);
-            persister.add(h, space);
+            persister.replay(h, space, dead);
         }
+        known_buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(buckets);
         persister.log_replay();
         persister.run();
         let tier = Arc::new(Self {
@@ -166,7 +225,8 @@ impl Tier {
             client,
             metrics,
             recovery,
-            buckets: Mutex::new(buckets),
+            buckets: known_buckets,
+            locks: Arc::new(KeyLocks::default()),
         });
         let weak = Arc::downgrade(&tier);
         tokio::spawn(async move {
@@ -242,36 +302,115 @@ impl Tier {
         }
     }
 
-    /// Waits until `keys` of `bucket` have no unpersisted writes (before an operation that
-    /// the tier passes to the bucket acts on them).
+    /// Before an operation that the tier passes to the bucket reads the bucket's copy of
+    /// `keys` (tagging, a copy source, partNumber reads): waits until they have no unpersisted
+    /// writes. A key whose newest write the bucket refused (a dead letter) answers
+    /// `403 InvalidObjectState`: the bucket does not hold what the tier serves.
     pub async fn flush(&self, bucket: &str, keys: &[String]) -> Result<(), S3Error> {
-        self.persister
-            .wait_clean(bucket, keys, self.cfg.flush_timeout)
-            .await
+        self.wait_clean(bucket, keys).await?;
+        match keys.iter().find(|k| self.persister.is_dead(bucket, k)) {
+            Some(k) => Err(dead_letter_error(bucket, k)),
+            None => Ok(()),
+        }
+    }
+
+    async fn wait_clean(&self, bucket: &str, keys: &[String]) -> Result<(), S3Error> {
+        let timeout = self.cfg.flush_timeout;
+        if self.persister.wait_clean(bucket, keys, timeout).await {
+            Ok(())
+        } else {
+            Err(crate::error::unavailable(format!(
+                "writes to this bucket are not yet persisted (waited {timeout:?}); the backing store may be unreachable"
+            )))
+        }
+    }
+
+    /// Starts a write of `key` that the tier passes straight to the bucket (a small PUT, a
+    /// CopyObject or CompleteMultipartUpload onto it, a DELETE of a clean key, tagging): takes
+    /// the key's commit lock and waits until the key's acknowledged writes are in the bucket,
+    /// so the pass-through write lands after them and no write-back commit of the key runs
+    /// meanwhile. Finish with [`Tier::end_write`].
+    pub async fn begin_write(&self, bucket: &str, key: &str) -> Result<WriteGuard, S3Error> {
+        let guard = self.locks.lock(bucket, key).await;
+        self.wait_clean(bucket, &[key.to_owned()]).await?;
+        Ok(WriteGuard(guard))
+    }
+
+    /// Ends a pass-through write: the tier forgets what it held of the key (a fill that read
+    /// the old version loses), and when the bucket took the write, older dead letters of the
+    /// key are superseded and dropped. When it did not, a dead letter stays served.
+    pub async fn end_write(&self, g: WriteGuard, ok: bool) {
+        let (bucket, key) = (g.0.bucket(), g.0.key());
+        if ok {
+            self.persister
+                .supersede_dead(&(bucket.to_owned(), key.to_owned()))
+                .await;
+        }
+        if ok || !self.persister.is_dead(bucket, key) {
+            self.invalidate(bucket, key);
+        }
     }
 
     /// Waits, at most `timeout`, until every acknowledged write is in the bucket (at shutdown);
-    /// returns how many keys are left to the journal replay of the next start.
+    /// returns how many keys are left to the journal replay of the next start (dead letters
+    /// aside).
     pub async fn drain_writes(&self, timeout: Duration) -> usize {
         self.persister.wait_all_clean(timeout).await
     }
 
     /// Waits until no key of `bucket` under `prefix` has unpersisted writes (before a listing).
+    /// Dead letters are not waited for: they are not in the bucket's listing.
     pub async fn flush_prefix(&self, bucket: &str, prefix: &str) -> Result<(), S3Error> {
         let keys = self.persister.dirty_under(bucket, prefix);
         if keys.is_empty() {
             return Ok(());
         }
-        self.flush(bucket, &keys).await
+        self.wait_clean(bucket, &keys).await
     }
 
-    /// Forgets a key before the bucket copy is changed by a pass-through operation; its
-    /// chunks are freed.
+    /// Forgets a key before or after the bucket copy is changed by a pass-through operation;
+    /// its chunks are freed.
     pub fn invalidate(&self, bucket: &str, key: &str) {
         if let Some(old) = self.index.invalidate(bucket, key) {
             self.placer.forget(bucket, key, old.id);
             self.free(old);
         }
+    }
+
+    /// Acknowledged writes the bucket refused, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.persister.dead_letters()
+    }
+
+    /// Retries the dead letter of a key: persisted again at once. Whether there was one.
+    pub async fn retry_dead_letter(&self, bucket: &str, key: &str) -> Result<bool, S3Error> {
+        self.persister
+            .retry(&(bucket.to_owned(), key.to_owned()))
+            .await
+            .map_err(journal_error)
+    }
+
+    /// Discards the dead letter of a key: the acknowledged write is given up, the tier stops
+    /// serving it (the key reads as the bucket has it). Whether there was one.
+    pub async fn discard_dead_letter(&self, bucket: &str, key: &str) -> Result<bool, S3Error> {
+        let _g = self.locks.lock(bucket, key).await;
+        let Some(h) = self
+            .persister
+            .discard(&(bucket.to_owned(), key.to_owned()))
+            .await
+            .map_err(journal_error)?
+        else {
+            return Ok(false);
+        };
+        let held = match self.index.get(bucket, key) {
+            Some(Slot::Object(o)) => o.journal_seq == Some(h.seq),
+            Some(Slot::Deleted { seq }) => seq == h.seq,
+            None => false,
+        };
+        if held {
+            self.invalidate(bucket, key);
+        }
+        Ok(true)
     }
 
     /// The policy evicted the key from memory: its chunks are freed; a write not yet in the
@@ -285,17 +424,21 @@ impl Tier {
         }
     }
 
-    /// Deletes a key with unpersisted writes through the journal (acknowledged once the delete
-    /// record is durable). Returns `None` when the key has none: the caller deletes it in the
-    /// bucket directly (after [`Tier::invalidate`]).
-    pub async fn delete_dirty(&self, bucket: &str, key: &str) -> Option<Result<(), S3Error>> {
+    /// Deletes a key: through the journal when it has unpersisted writes (dead letters
+    /// included), acknowledged once the delete record is durable; otherwise the caller deletes
+    /// it in the bucket, holding the key's commit lock, and calls [`Tier::end_write`].
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<Deletion, S3Error> {
+        let guard = self.locks.lock(bucket, key).await;
         if !self.persister.is_dirty(bucket, key) {
-            return None;
+            return Ok(Deletion::InBucket(WriteGuard(guard)));
         }
-        Some(self.journal_delete(bucket, key).await)
+        self.journal_delete(&guard).await?;
+        Ok(Deletion::Journaled)
     }
 
-    async fn journal_delete(&self, bucket: &str, key: &str) -> Result<(), S3Error> {
+    /// Journals a delete of the key whose commit lock `g` is.
+    async fn journal_delete(&self, g: &KeyGuard) -> Result<(), S3Error> {
+        let (bucket, key) = (g.bucket(), g.key());
         let space = self
             .journal
             .reserve(0, self.cfg.journal_wait)
@@ -343,6 +486,19 @@ impl Tier {
             }
         });
     }
+}
+
+/// The answer for an operation that needs the bucket's copy of a dead-lettered key.
+fn dead_letter_error(bucket: &str, key: &str) -> S3Error {
+    let mut e = S3Error::with_message(
+        S3ErrorCode::InvalidObjectState,
+        format!(
+            "the newest write of {bucket}/{key} was refused by the backing store and is held by \
+             the gateway as a dead letter; an operator can retry or discard it"
+        ),
+    );
+    e.set_status_code(http::StatusCode::FORBIDDEN);
+    e
 }
 
 /// The S3 error for a journal failure.

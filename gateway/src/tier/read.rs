@@ -227,7 +227,7 @@ impl Tier {
             .client
             .get_object()
             .bucket(bucket)
-            .key(key)
+            .key(crate::backend::sdk_key(key))
             .range(format!("bytes={}-{}", off, off + len - 1))
             .if_match(format!("\"{}\"", obj.meta.etag))
             .send()

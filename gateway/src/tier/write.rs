@@ -1,5 +1,7 @@
 //! The write-back PUT: the body streams into the journal and, piece by piece, into function
-//! memory at the same time; the answer waits for both.
+//! memory at the same time; the answer waits for both. Journal space is reserved as the body
+//! arrives ([`RESERVE_STEP`] ahead), and the record gets its sequence number when it commits,
+//! under the key's commit lock (see [`super::order`]).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,8 +22,21 @@ use super::meta::ObjectMeta;
 use super::persist::expected_etag;
 use super::{Tier, journal_error};
 
+impl Tier {
+    /// The S3 error for journal space not given in time (counted as a SlowDown).
+    fn journal_refusal(&self, e: super::journal::JournalError) -> S3Error {
+        if matches!(e, super::journal::JournalError::Full { .. }) {
+            self.metrics.slowdowns.inc();
+        }
+        journal_error(e)
+    }
+}
+
 /// Pieces being placed at once by one PUT (bounds its memory to this many pieces).
 pub const PIECES_IN_FLIGHT: usize = 4;
+/// Journal space a PUT reserves ahead of the bytes it has received: a request declaring a
+/// large length holds no more than this until its bytes arrive.
+pub const RESERVE_STEP: u64 = 8 << 20;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -42,16 +57,11 @@ impl Tier {
         mut check: BodyCheck,
     ) -> Result<ObjectMeta, S3Error> {
         self.ensure_bucket(bucket).await?;
-        let space = match self.journal.reserve(size, self.cfg.journal_wait).await {
-            Ok(s) => s,
-            Err(e) => {
-                if matches!(e, super::journal::JournalError::Full { .. }) {
-                    self.metrics.slowdowns.inc();
-                }
-                return Err(journal_error(e));
-            }
-        };
-        let seq = self.journal.next_seq();
+        let mut space = self
+            .journal
+            .reserve(size.min(RESERVE_STEP), self.cfg.journal_wait)
+            .await
+            .map_err(|e| self.journal_refusal(e))?;
         let id: u128 = rand::random();
         let part_size = self.cfg.persist_part_size.as_u64();
         let piece_size = usize::try_from(self.piece_size).unwrap_or(usize::MAX);
@@ -63,7 +73,7 @@ impl Tier {
         } else {
             None
         };
-        let mut writer = self.journal.writer(seq).await.map_err(journal_error)?;
+        let mut writer = self.journal.writer().await.map_err(journal_error)?;
         let mut md5 = md5::Md5::new();
         let mut part_md5 = md5::Md5::new();
         let mut part_fill = 0u64;
@@ -100,18 +110,20 @@ impl Tier {
 
         let streamed: Result<[u8; 16], S3Error> = async {
             while let Some(frame) = body.next().await {
-                let data = frame.map_err(|e| {
-                    S3Error::with_message(
-                        S3ErrorCode::IncompleteBody,
-                        format!("reading the request body: {e}"),
-                    )
-                })?;
+                let data = frame.map_err(|e| crate::error::body_error(e.as_ref()))?;
                 received += data.len() as u64;
                 if received > size {
                     return Err(S3Error::with_message(
                         S3ErrorCode::IncompleteBody,
                         "the request body is longer than its declared length",
                     ));
+                }
+                if received > space.bytes() {
+                    let want = size.min(received.saturating_add(RESERVE_STEP));
+                    self.journal
+                        .grow(&mut space, want, self.cfg.journal_wait)
+                        .await
+                        .map_err(|e| self.journal_refusal(e))?;
                 }
                 writer.write(&data).await.map_err(journal_error)?;
                 md5.update(&data);
@@ -150,25 +162,28 @@ impl Tier {
             Ok(whole)
         }
         .await;
+        let abandon = |placement: &Option<Vec<Vec<super::index::FunctionId>>>| {
+            if let Some(p) = placement {
+                self.placer.forget(bucket, key, id);
+                self.free(Arc::new(CachedObject {
+                    id,
+                    size,
+                    meta: ObjectMeta::default(),
+                    layout: Some(Layout {
+                        codec: self.codec,
+                        piece_size: self.piece_size,
+                        functions: p.clone(),
+                    }),
+                    journal_seq: None,
+                }));
+            }
+        };
         let whole = match streamed {
             Ok(w) => w,
             Err(e) => {
                 writer.abort().await;
                 puts.abort_all();
-                if let Some(p) = &placement {
-                    self.placer.forget(bucket, key, id);
-                    self.free(Arc::new(CachedObject {
-                        id,
-                        size,
-                        meta: ObjectMeta::default(),
-                        layout: Some(Layout {
-                            codec: self.codec,
-                            piece_size: self.piece_size,
-                            functions: p.clone(),
-                        }),
-                        journal_seq: None,
-                    }));
-                }
+                abandon(&placement);
                 return Err(e);
             }
         };
@@ -180,8 +195,17 @@ impl Tier {
             parts.push(part_md5.finalize().into());
         }
         meta.etag = expected_etag(&whole, &parts, size, part_size);
-        meta.last_modified_ms = now_ms();
         meta.part_size = part_size;
+        let mut placed = placement.is_some();
+        while let Some(r) = puts.join_next().await {
+            placed &= r.unwrap_or(false);
+        }
+
+        // The commit: this write becomes the key's current version, in the journal, the index
+        // and the persister, in one order with the key's other writes.
+        let _order = self.locks.lock(bucket, key).await;
+        let seq = self.journal.next_seq();
+        meta.last_modified_ms = now_ms();
         let header = RecordHeader {
             seq,
             kind: RecordKind::Put,
@@ -190,12 +214,11 @@ impl Tier {
             size,
             meta: meta.clone(),
         };
-        writer.commit(&header).await.map_err(journal_error)?;
-
-        let mut placed = placement.is_some();
-        while let Some(r) = puts.join_next().await {
-            placed &= r.unwrap_or(false);
+        if let Err(e) = writer.commit(&self.journal, &header).await {
+            abandon(&placement);
+            return Err(journal_error(e));
         }
+
         let layout = placement.map(|functions| Layout {
             codec: self.codec,
             piece_size: self.piece_size,
@@ -229,7 +252,10 @@ impl Tier {
             })
         };
         match self.index.write(bucket, key, seq, Slot::Object(obj)) {
-            Ok(Some(old)) => self.free(old),
+            Ok(Some(old)) => {
+                self.placer.forget(bucket, key, old.id);
+                self.free(old);
+            }
             Ok(None) => {}
             Err(Slot::Object(lost)) => self.free(lost),
             Err(Slot::Deleted { .. }) => {}
