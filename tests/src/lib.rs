@@ -125,6 +125,13 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends `sig` to the process's group (it was started in a group of its own).
+    pub fn signal_group(&self, sig: nix::sys::signal::Signal) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    }
+
     /// SIGTERM, then wait up to `timeout` for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         use nix::sys::signal::{Signal, kill};
@@ -510,24 +517,46 @@ pub fn tool_or_skip(found: Option<PathBuf>, what: &str) -> Option<PathBuf> {
     }
 }
 
+/// Access key of the SeaweedFS identity that may do everything (for tests that set up or read
+/// the bucket behind the gateway's back).
+pub const SEAWEED_ADMIN_KEY: &str = "testadmin";
+/// Secret of [`SEAWEED_ADMIN_KEY`].
+pub const SEAWEED_ADMIN_SECRET: &str = "testadmin-secret";
+/// What the gateway's identity may do on SeaweedFS by default.
+pub const ALL_ACTIONS: &[&str] = &["Admin", "Read", "Write", "List", "Tagging"];
+
+fn write_identities(path: &Path, gateway_actions: &[&str]) {
+    let identities = serde_json::json!({
+        "identities": [{
+            "name": "gateway",
+            "credentials": [{"accessKey": BACKEND_ACCESS_KEY, "secretKey": BACKEND_SECRET_KEY}],
+            "actions": gateway_actions,
+        }, {
+            "name": "admin",
+            "credentials": [{"accessKey": SEAWEED_ADMIN_KEY, "secretKey": SEAWEED_ADMIN_SECRET}],
+            "actions": ALL_ACTIONS,
+        }]
+    });
+    std::fs::write(path, identities.to_string()).expect("write s3.json");
+}
+
 impl Seaweed {
     /// Starts `weed mini` and waits until its S3 API answers.
     pub async fn start(name: &str) -> Self {
+        Self::start_with(name, ALL_ACTIONS).await
+    }
+
+    /// Starts `weed mini` with the gateway's identity limited to `gateway_actions` (SeaweedFS
+    /// actions such as `Read`, `Write:bucket`).
+    pub async fn start_with(name: &str, gateway_actions: &[&str]) -> Self {
         let weed = tool_or_skip(weed_bin(), "SeaweedFS `weed`").expect("weed binary");
         let logs = log_dir(name);
         let dir = tempfile::Builder::new()
             .prefix("weed-test-")
             .tempdir()
             .expect("tempdir");
-        let identities = serde_json::json!({
-            "identities": [{
-                "name": "gateway",
-                "credentials": [{"accessKey": BACKEND_ACCESS_KEY, "secretKey": BACKEND_SECRET_KEY}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]
-            }]
-        });
         let s3_config = dir.path().join("s3.json");
-        std::fs::write(&s3_config, identities.to_string()).expect("write s3.json");
+        write_identities(&s3_config, gateway_actions);
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).expect("data dir");
         let s3_port = free_port();
@@ -620,6 +649,17 @@ impl Seaweed {
         self.proc.kill();
     }
 
+    /// Freezes the server (SIGSTOP to its process group): connections are accepted by the
+    /// kernel, nothing answers — a hung bucket.
+    pub fn freeze(&self) {
+        self.proc.signal_group(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Thaws a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.proc.signal_group(nix::sys::signal::Signal::SIGCONT);
+    }
+
     /// Starts it again on the same ports and data, and waits until it answers.
     pub async fn restart(&mut self) {
         self.proc = self.spawn(1);
@@ -629,6 +669,17 @@ impl Seaweed {
     /// A client of its S3 API with the gateway's backend credentials (reads the bucket directly).
     pub fn client(&self) -> aws_sdk_s3::Client {
         s3_client(&self.s3_url, BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY)
+    }
+
+    /// A client of its S3 API that may do everything.
+    pub fn admin_client(&self) -> aws_sdk_s3::Client {
+        s3_client(&self.s3_url, SEAWEED_ADMIN_KEY, SEAWEED_ADMIN_SECRET)
+    }
+
+    /// Changes what the gateway's identity may do; takes effect at the next
+    /// [`Seaweed::restart`].
+    pub fn set_gateway_actions(&self, actions: &[&str]) {
+        write_identities(&self.dir.path().join("s3.json"), actions);
     }
 }
 

@@ -116,6 +116,60 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A signed PUT (unsigned payload) sent in parts over one socket, to hold a request open with
+/// part of its body sent: [`SlowPut::start`], [`SlowPut::send`], [`SlowPut::finish`].
+pub struct SlowPut {
+    stream: TcpStream,
+}
+
+impl SlowPut {
+    /// Sends the headers of a PUT of `declared` bytes to `url`, then `first`.
+    pub fn start(
+        url: &str,
+        declared: u64,
+        first: &[u8],
+        access_key: &str,
+        secret_key: &str,
+    ) -> Self {
+        let (host, path) = split_url(url);
+        let len = declared.to_string();
+        let signed = sign_headers(
+            "PUT",
+            url,
+            &[("host", host.as_str()), ("content-length", len.as_str())],
+            SignableBody::UnsignedPayload,
+            access_key,
+            secret_key,
+        );
+        let mut head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len}\r\nConnection: close\r\n"
+        );
+        for (k, v) in &signed {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut stream = TcpStream::connect(&host).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .expect("timeout");
+        stream.write_all(head.as_bytes()).expect("write head");
+        stream.write_all(first).expect("write body");
+        Self { stream }
+    }
+
+    /// Sends more of the body (an error if the server has closed the connection).
+    pub fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(data)
+    }
+
+    /// Reads the response (until the server closes).
+    pub fn finish(mut self) -> Response {
+        let mut buf = Vec::new();
+        let _ = self.stream.read_to_end(&mut buf);
+        parse(&buf)
+    }
+}
+
 /// A plain GET with extra headers: (status, headers, body).
 pub fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let (host, path) = split_url(url);
