@@ -6,7 +6,8 @@
 //! in `new`, chosen at run time through [`PolicyConfig`]:
 //!
 //! - [`window::SlidingWindow`] (`sliding-window`): InfiniStore's time buckets, active and
-//!   degraded windows, promotion on GET, elastic buckets drawn from a pool of deployed functions.
+//!   degraded windows, promotion on GET, elastic buckets drawn from a pool of deployed functions,
+//!   bucket inheritance (functions that still take writes move into the next bucket).
 //! - [`infinicache::InfiniCache`] (`infinicache`): a fixed pool warmed every minute, LRU of
 //!   whole objects.
 //! - [`provisioned::Provisioned`] (`provisioned`): an ElastiCache-like cluster billed per
@@ -57,9 +58,10 @@
 //!
 //! Every decision carries [`Effects`]; apply its fields in order: `expired` buckets stop being
 //! invoked, `returned` functions go back to the pool (forget their state), `evicted` objects are
-//! dropped from memory (they remain in S3), `degraded` buckets become read-only, `opened` and
-//! `scaled_out` functions join a bucket (treat as empty), `stopped_writes`, and `warmups` to
-//! send now. The policy assumes every acknowledged object is durable in S3 or in the gateway's
+//! dropped from memory (they remain in S3), `degraded` buckets become read-only, `inherited`
+//! functions move with their chunks into the new current bucket (keep them as they are: they
+//! hold data and now take its writes), `opened` and `scaled_out` functions are drawn from the
+//! pool into a bucket (treat as empty), `stopped_writes`, and `warmups` to send now. The policy assumes every acknowledged object is durable in S3 or in the gateway's
 //! journal, so eviction never loses an acknowledged write.
 //!
 //! # The simulator and the `sim-io` feature

@@ -250,6 +250,19 @@ pub struct BucketGrowth {
     pub functions: Vec<FunctionId>,
 }
 
+/// Functions a new bucket took over from the previous current bucket at rotation (InfiniStore's
+/// bucket inheritance): the ones that still took writes. They keep their chunks, which keep
+/// belonging to their objects' buckets; from now on they take the new bucket's writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Inheritance {
+    /// The bucket they left (it keeps its full functions).
+    pub from: BucketId,
+    /// The new current bucket.
+    pub to: BucketId,
+    /// The functions, in their new bucket's placement order. Not empty: nothing to do in memory.
+    pub functions: Vec<FunctionId>,
+}
+
 /// Side effects any event may produce. The gateway applies all of them in field order.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Effects {
@@ -261,9 +274,13 @@ pub struct Effects {
     pub evicted: Vec<String>,
     /// Buckets that left the active window (read-only now, warmed less often).
     pub degraded: Vec<BucketId>,
-    /// New buckets and their first functions.
+    /// Functions that moved, with their chunks, into a new bucket at rotation (keep them as
+    /// they are: they hold data and are warmed as members of their new bucket).
+    pub inherited: Vec<Inheritance>,
+    /// A bucket's first functions drawn from the pool (at its rotation, or at its first write
+    /// if the pool was short then), empty.
     pub opened: Vec<BucketGrowth>,
-    /// Functions added to an existing bucket because its functions filled up.
+    /// Functions drawn from the pool later, because the bucket's functions filled up, empty.
     pub scaled_out: Vec<BucketGrowth>,
     /// Functions that stop taking writes (above the occupancy threshold).
     pub stopped_writes: Vec<FunctionId>,
@@ -283,6 +300,7 @@ impl Effects {
         self.returned.extend(other.returned);
         self.evicted.extend(other.evicted);
         self.degraded.extend(other.degraded);
+        self.inherited.extend(other.inherited);
         self.opened.extend(other.opened);
         self.scaled_out.extend(other.scaled_out);
         self.stopped_writes.extend(other.stopped_writes);
@@ -324,7 +342,8 @@ pub struct BucketSnapshot {
     pub opened_at: Millis,
     /// Its functions, in placement order.
     pub functions: Vec<FunctionId>,
-    /// Objects whose chunks live in it.
+    /// Objects written (or promoted) while it was current and not evicted since; their chunks
+    /// may be on functions a newer bucket inherited.
     pub objects: u64,
 }
 
@@ -343,7 +362,8 @@ pub struct FunctionSnapshot {
     pub occupancy: f64,
     /// Chunks on it.
     pub chunks: u64,
-    /// Whether it still takes writes.
+    /// Whether it takes writes now (sliding window: a function of the current bucket below the
+    /// occupancy threshold).
     pub accepting_writes: bool,
 }
 
@@ -405,8 +425,9 @@ pub trait Policy: Send {
 impl Snapshot {
     /// A compact text form for tests and logs. Sliding window: one line per bucket,
     /// `b3 active: f0=2 f1=2 f2=0! | 1 obj` (MiB used per function, rounded up; `!` marks a
-    /// function that stopped taking writes). Fixed pool: one line with the functions that hold
-    /// data. Provisioned: stored bytes and objects.
+    /// function that takes no writes: full, or outside the current bucket; `N obj` counts the
+    /// objects of that bucket, wherever their chunks are). Fixed pool: one line with the
+    /// functions that hold data. Provisioned: stored bytes and objects.
     pub fn describe(&self) -> String {
         let mib = |b: u64| b.div_ceil(MIB);
         let func = |f: &FunctionSnapshot| {

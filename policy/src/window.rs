@@ -9,13 +9,62 @@
 //! an old object into the current bucket (always at age >= 6 buckets, with probability 1/2 at
 //! 3–5). A function above 90% occupancy stops taking writes and the current bucket grows by a
 //! step of functions. Chunk `i` of a piece goes to the first function with room among bucket
-//! positions `i, i + (d+p), i + 2(d+p), ...`, so the chunks of one piece are on distinct
-//! functions by construction.
+//! positions `i, i + (d+p), i + 2(d+p), ...`, else to the emptiest other function of the
+//! bucket with room; never to one holding another chunk of the piece, so the chunks of one
+//! piece are on distinct functions.
 //!
-//! Deviations, all documented in `docs/policy.md`: functions of an older bucket that hold no
-//! chunk are not warmed (nothing to keep warm); the current bucket's functions always are.
-//! Functions drawn from the pool get a warm-up at once. When the pool runs dry the oldest
-//! degraded bucket expires early.
+//! # Bucket inheritance, and where the room comes from
+//!
+//! A bucket is a set of functions *and* a set of objects (those written or promoted while it
+//! was current). At rotation the current bucket's functions that still take writes (at most
+//! the occupancy threshold, not full) move into the new bucket with their chunks, as
+//! InfiniStore's `createNextBucket` does; the old bucket keeps its full functions (read-only
+//! from then on) and all its objects. Objects keep their own bucket whatever function their
+//! chunks are on: their age decides promotion, and their bucket's expiry evicts them, freeing
+//! those chunks on whichever function holds them. Functions, not objects, decide warm-ups and
+//! loss handling: an inherited function is warmed as a member of its new bucket, and if it is
+//! lost while active every chunk it holds is recovered. A promotion rewrites only the chunks
+//! that are lost or on functions outside the current bucket (chunks on inherited functions
+//! stay put; the object just joins the current bucket).
+//!
+//! InfiniStore inherits only when at least one scaling step of non-full functions remains,
+//! and otherwise opens the new bucket with a fresh step. That cannot work with a pool of one
+//! step (the gateway's default: pool = scale step = d + p = 12): bucket 0 holds the whole pool
+//! and the new bucket would get nothing. The rule here:
+//!
+//! 1. At rotation the new bucket inherits every function that takes writes, then draws from
+//!    the pool until `d + p` of its functions take writes: a whole step if the pool has one,
+//!    else the shortfall if the pool has that many, else nothing yet (step 2 does it).
+//! 2. A write that finds no function with room in the current bucket draws from the pool (a
+//!    step, or one function if the pool is short); if the pool is empty it expires the oldest
+//!    bucket early (degraded ones first, being older, then old active ones; never the
+//!    current one), which returns its functions and frees its objects' chunks wherever they
+//!    are; when only the current bucket is left, its oldest objects are evicted.
+//! 3. A promotion draws from the pool, and may expire early only degraded buckets older than
+//!    the promoted object's; it never evicts anything else (failing that, the object is read
+//!    where it is).
+//! 4. After writes, and when an occupancy report stops a function, the bucket is topped up
+//!    from the pool only; expiry and eviction happen only when a write needs the room.
+//!
+//! Invariant: a function holds chunks only of objects of its bucket or older ones (chunks are
+//! placed on the current bucket's functions, functions only move forward, and promotions move
+//! every chunk outside the current bucket), and buckets expire oldest first; so an expiring
+//! bucket's functions hold nothing and return to the pool empty. Guarantee: while the pool
+//! holds at least `d + p` functions (validated: pool >= step >= d + p) and occupancy reports
+//! tell the truth, a PUT whose chunks fit in the pool's empty functions (one piece: a chunk
+//! no larger than a function; `n` pieces: `n` chunks per position on `floor(pool / (d+p))`
+//! functions each) is always placed, evicting the oldest data if needed; a larger one
+//! bypasses at once (`TooLarge`) without evicting anything.
+//!
+//! "Takes writes" is computed, not latched: a function of the current bucket that stopped
+//! (above the threshold by the policy's accounting, or by an occupancy report) takes writes
+//! again once expiry, eviction, deletion or promotion brought it back under the threshold (a
+//! report's stop holds until a later report at or below the threshold, or until the policy
+//! frees chunks on the function, which makes the report out of date).
+//!
+//! Other deviations, all documented in `docs/policy.md`: functions of an older bucket that
+//! hold no chunk are not warmed (nothing to keep warm); the current bucket's functions always
+//! are. Functions drawn from the pool get a warm-up at once.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -213,9 +262,11 @@ impl WindowConfig {
 
 #[derive(Clone, Debug, Default)]
 struct FnState {
+    /// The bucket holding the function (`None`: in the pool).
     bucket: Option<u64>,
-    accepting: bool,
-    reported: u64,
+    /// An occupancy report above the threshold stopped its writes. Cleared by a later report
+    /// at or below it, or when the policy frees chunks on the function (the report is older).
+    report_full: bool,
     last_touch: Millis,
 }
 
@@ -224,8 +275,23 @@ struct Bucket {
     id: u64,
     opened_at: Millis,
     state: BucketState,
+    /// Functions it holds, in placement order.
     functions: Vec<FunctionId>,
-    objects: BTreeSet<Slot>,
+    /// Whether it has drawn functions from the pool yet (`opened` vs `scaled_out`).
+    drew: bool,
+    /// Objects tagged with this bucket, by when they joined it (oldest first).
+    objects: BTreeMap<u64, Slot>,
+}
+
+/// How far [`SlidingWindow::place`] may go to find room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Room {
+    /// A new object: draw from the pool; if it is short, expire the oldest buckets early
+    /// (never the current one); if only the current one is left, evict its oldest objects.
+    Write,
+    /// A promotion of an object of bucket `tag`: draw from the pool; if it is short, expire
+    /// degraded buckets older than `tag` early. Never evicts anything else.
+    Promotion { tag: u64 },
 }
 
 /// The sliding-window policy. See the module docs.
@@ -237,6 +303,9 @@ pub struct SlidingWindow {
     fns: Vec<FnState>,
     pool: BTreeSet<u32>,
     buckets: VecDeque<Bucket>,
+    /// When each live object joined its bucket (a counter), by slot.
+    joined: Vec<u64>,
+    next_join: u64,
     epoch: Option<Millis>,
     last_now: Millis,
     schedule: Schedule,
@@ -256,6 +325,8 @@ impl SlidingWindow {
             fns: vec![FnState::default(); cfg.pool_size as usize],
             pool: (0..cfg.pool_size).collect(),
             buckets: VecDeque::new(),
+            joined: Vec::new(),
+            next_join: 0,
             epoch: None,
             last_now: 0,
             schedule: Schedule::new(cfg.pool_size),
@@ -295,18 +366,24 @@ impl SlidingWindow {
         self.buckets.get_mut(id.checked_sub(front)? as usize)
     }
 
-    /// Rotates buckets up to `now`: opens new ones, degrades, expires.
+    fn new_bucket(id: u64, opened_at: Millis) -> Bucket {
+        Bucket {
+            id,
+            opened_at,
+            state: BucketState::Active,
+            functions: Vec::new(),
+            drew: false,
+            objects: BTreeMap::new(),
+        }
+    }
+
+    /// Rotates buckets up to `now`: opens new ones, expires, degrades, and gives the new
+    /// current bucket its functions (inherited, then topped up from the pool).
     fn advance(&mut self, now: Millis, fx: &mut Effects) {
         let Some(epoch) = self.epoch else {
             self.epoch = Some(now);
-            self.buckets.push_back(Bucket {
-                id: 0,
-                opened_at: now,
-                state: BucketState::Active,
-                functions: Vec::new(),
-                objects: BTreeSet::new(),
-            });
-            self.grow_current(now, fx);
+            self.buckets.push_back(Self::new_bucket(0, now));
+            self.ensure_writable(now, fx);
             return;
         };
         let target = (now - epoch) / self.cfg.bucket_ms;
@@ -318,13 +395,8 @@ impl SlidingWindow {
         // Buckets that would expire at once are never created.
         let first_new = (cur + 1).max((target + 1).saturating_sub(window));
         for id in first_new..=target {
-            self.buckets.push_back(Bucket {
-                id,
-                opened_at: epoch + id * self.cfg.bucket_ms,
-                state: BucketState::Active,
-                functions: Vec::new(),
-                objects: BTreeSet::new(),
-            });
+            self.buckets
+                .push_back(Self::new_bucket(id, epoch + id * self.cfg.bucket_ms));
         }
         while self
             .buckets
@@ -349,17 +421,52 @@ impl SlidingWindow {
                 self.reschedule(f);
             }
         }
-        self.grow_current(now, fx);
+        // The previous current bucket, unless it just expired (a long idle period).
+        if self.bucket(cur).is_some() {
+            self.inherit(cur, fx);
+        }
+        self.ensure_writable(now, fx);
+    }
+
+    /// Bucket inheritance: the functions of bucket `from` that still take writes move, with
+    /// their chunks, into the current bucket; `from` keeps its full ones.
+    fn inherit(&mut self, from: u64, fx: &mut Effects) {
+        let to = self.current_id();
+        let b = self.bucket(from).expect("live bucket");
+        let (moving, staying): (Vec<FunctionId>, Vec<FunctionId>) =
+            b.functions.iter().partition(|&&f| self.writable(f));
+        if moving.is_empty() {
+            return;
+        }
+        self.bucket_mut(from).expect("live bucket").functions = staying;
+        for &f in &moving {
+            self.fns[f.index()].bucket = Some(to);
+            self.reschedule(f);
+        }
+        self.buckets
+            .back_mut()
+            .expect("current bucket")
+            .functions
+            .extend(&moving);
+        fx.inherited.push(Inheritance {
+            from: BucketId(from),
+            to: BucketId(to),
+            functions: moving,
+        });
     }
 
     fn expire_front(&mut self, fx: &mut Effects) {
         let Some(b) = self.buckets.pop_front() else {
             return;
         };
-        for slot in b.objects {
+        for (_, slot) in b.objects {
             let obj = self.store.remove(slot);
+            self.freed(&obj);
             fx.evicted.push(obj.key.into());
         }
+        // A function holds chunks only of objects of its bucket or older ones (chunks are
+        // placed on the current bucket's functions and functions only move forward, by
+        // inheritance), and older buckets expired first.
         for f in b.functions {
             debug_assert_eq!(self.store.used(f), 0, "expired function still holds chunks");
             self.fns[f.index()] = FnState::default();
@@ -371,39 +478,26 @@ impl SlidingWindow {
         self.expired_total += 1;
     }
 
-    /// Takes `n` functions from the pool (lowest ids first), expiring the oldest degraded
-    /// buckets early if the pool is short.
-    fn draw(&mut self, n: u32, fx: &mut Effects) -> Option<Vec<FunctionId>> {
-        while (self.pool.len() as u32) < n
-            && self.buckets.len() > 1
-            && self
-                .buckets
-                .front()
-                .is_some_and(|b| b.state == BucketState::Degraded)
-        {
-            self.expire_front(fx);
-        }
-        if (self.pool.len() as u32) < n {
-            return None;
-        }
-        Some(
-            (0..n)
-                .map(|_| FunctionId(self.pool.pop_first().expect("checked")))
-                .collect(),
-        )
-    }
-
-    /// Adds a step of functions to the current bucket. Returns false if the pool is exhausted.
-    fn grow_current(&mut self, now: Millis, fx: &mut Effects) -> bool {
-        let Some(fs) = self.draw(self.cfg.scale_step, fx) else {
+    /// Draws functions from the pool (lowest ids first) into the current bucket: a whole
+    /// step if the pool has one, else `need` functions if it has that many. Returns false if
+    /// nothing was drawn.
+    fn grow(&mut self, need: u32, now: Millis, fx: &mut Effects) -> bool {
+        let avail = self.pool.len() as u32;
+        let n = if avail >= self.cfg.scale_step {
+            self.cfg.scale_step
+        } else if need > 0 && avail >= need {
+            need
+        } else {
             return false;
         };
+        let fs: Vec<FunctionId> = (0..n)
+            .map(|_| FunctionId(self.pool.pop_first().expect("checked")))
+            .collect();
         let id = self.current_id();
         for &f in &fs {
             self.fns[f.index()] = FnState {
                 bucket: Some(id),
-                accepting: true,
-                reported: 0,
+                report_full: false,
                 last_touch: now,
             };
             fx.warmups.push(Warmup {
@@ -417,11 +511,12 @@ impl SlidingWindow {
             bucket: BucketId(id),
             functions: fs.clone(),
         };
-        if b.functions.is_empty() {
-            fx.opened.push(growth);
-        } else {
+        if b.drew {
             fx.scaled_out.push(growth);
+        } else {
+            fx.opened.push(growth);
         }
+        b.drew = true;
         b.functions.extend(fs);
         true
     }
@@ -460,41 +555,80 @@ impl SlidingWindow {
         self.reschedule(f);
     }
 
-    fn can_take(&self, f: FunctionId, chunk: u64, pending: u64) -> bool {
-        let st = &self.fns[f.index()];
-        let used = self.store.used(f) + pending;
-        st.accepting && used <= self.stop_bytes && used + chunk <= self.capacity
+    /// Whether `f` takes writes: at most the occupancy threshold used (by the policy's
+    /// accounting, and not stopped by a later report) and not full.
+    fn writable(&self, f: FunctionId) -> bool {
+        let used = self.store.used(f);
+        !self.fns[f.index()].report_full && used <= self.stop_bytes && used < self.capacity
     }
 
-    /// Chooses functions of the current bucket for `pieces` pieces of `d + p` chunks of
-    /// `chunk` bytes, growing the bucket as needed. Nothing is committed.
+    fn can_take(&self, f: FunctionId, chunk: u64, pending: u64) -> bool {
+        let used = self.store.used(f) + pending;
+        !self.fns[f.index()].report_full && used <= self.stop_bytes && used + chunk <= self.capacity
+    }
+
+    /// The policy freed `obj`'s chunks: reports that stopped their functions are out of date.
+    fn freed(&mut self, obj: &Obj) {
+        for f in obj.chunks.iter().flatten() {
+            self.fns[f.index()].report_full = false;
+        }
+    }
+
+    /// A function of the current bucket for chunk `i` of a piece: the first with room among
+    /// positions `i, i + (d+p), ...`, else the emptiest other one with room; never one in
+    /// `taken` (the piece's other chunks).
+    fn find(
+        &self,
+        i: usize,
+        chunk: u64,
+        pending: &BTreeMap<u32, u64>,
+        taken: &[FunctionId],
+    ) -> Option<FunctionId> {
+        let s = self.cpp() as usize;
+        let fs = &self.buckets.back()?.functions;
+        let ok = |f: FunctionId| {
+            !taken.contains(&f) && self.can_take(f, chunk, pending.get(&f.0).copied().unwrap_or(0))
+        };
+        if let Some(&f) = fs.iter().skip(i).step_by(s).find(|&&f| ok(f)) {
+            return Some(f);
+        }
+        fs.iter()
+            .enumerate()
+            .filter(|&(p, &f)| p % s != i && ok(f))
+            .min_by_key(|&(p, &f)| {
+                (
+                    self.store.used(f) + pending.get(&f.0).copied().unwrap_or(0),
+                    p,
+                )
+            })
+            .map(|(_, &f)| f)
+    }
+
+    /// Chooses functions of the current bucket for chunks of `chunk` bytes: for every piece,
+    /// the chunk indices to place and the functions holding its other chunks (so that the
+    /// chunks of a piece stay on distinct functions). Makes room as `room` allows. Nothing is
+    /// committed; returns the functions in the order asked.
     fn place(
         &mut self,
         chunk: u64,
-        pieces: u32,
+        pieces: &[(Vec<u32>, Vec<FunctionId>)],
+        room: Room,
         now: Millis,
         fx: &mut Effects,
     ) -> Result<Vec<FunctionId>, BypassReason> {
-        let s = self.cpp() as usize;
-        if self.buckets.back().is_none_or(|b| b.functions.is_empty()) && !self.grow_current(now, fx)
-        {
-            return Err(BypassReason::PoolExhausted);
-        }
         let mut pending: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut out = Vec::with_capacity(pieces as usize * s);
-        for _ in 0..pieces {
-            for i in 0..s {
+        let mut out = Vec::with_capacity(pieces.iter().map(|p| p.0.len()).sum());
+        for (indices, keep) in pieces {
+            let mut taken = keep.clone();
+            for &i in indices {
                 loop {
-                    let b = self.buckets.back().expect("current bucket");
-                    let found = b.functions.iter().skip(i).step_by(s).copied().find(|&f| {
-                        self.can_take(f, chunk, pending.get(&f.0).copied().unwrap_or(0))
-                    });
-                    if let Some(f) = found {
+                    if let Some(f) = self.find(i as usize, chunk, &pending, &taken) {
                         *pending.entry(f.0).or_default() += chunk;
+                        taken.push(f);
                         out.push(f);
                         break;
                     }
-                    if !self.grow_current(now, fx) {
+                    if !self.make_room(room, now, fx) {
                         return Err(BypassReason::PoolExhausted);
                     }
                 }
@@ -503,17 +637,44 @@ impl SlidingWindow {
         Ok(out)
     }
 
-    /// After chunks were written to `written`: stop writes above the threshold, reschedule
-    /// warm-ups, and make sure every chunk position of the current bucket can take a write.
-    fn after_writes(&mut self, written: &[FunctionId], now: Millis, fx: &mut Effects) {
-        let mut seen = BTreeSet::new();
-        for &f in written {
-            if !seen.insert(f) {
-                continue;
+    /// One step towards a function with room in the current bucket: draw from the pool, else
+    /// expire the oldest bucket, else (writes only, nothing older left) evict the current
+    /// bucket's oldest object. Returns false if `room` allows nothing more.
+    fn make_room(&mut self, room: Room, now: Millis, fx: &mut Effects) -> bool {
+        if self.grow(1, now, fx) {
+            return true;
+        }
+        let older = self.buckets.len() > 1;
+        let front = self.buckets.front().expect("current bucket");
+        match room {
+            Room::Promotion { tag } => {
+                if !(older && front.state == BucketState::Degraded && front.id < tag) {
+                    return false;
+                }
+                self.expire_front(fx);
             }
-            let st = &mut self.fns[f.index()];
-            if st.accepting && self.store.used(f) > self.stop_bytes {
-                st.accepting = false;
+            Room::Write if older => self.expire_front(fx),
+            Room::Write => {
+                let Some((_, &slot)) = front.objects.first_key_value() else {
+                    return false;
+                };
+                let obj = self.remove_object(slot);
+                fx.evicted.push(obj.key.into());
+            }
+        }
+        true
+    }
+
+    /// After chunks were written to `written`: stop writes above the threshold, reschedule
+    /// warm-ups, and make sure the current bucket has `d + p` functions that take writes.
+    fn after_writes(&mut self, written: &[FunctionId], chunk: u64, now: Millis, fx: &mut Effects) {
+        let mut added: BTreeMap<FunctionId, u64> = BTreeMap::new();
+        for &f in written {
+            *added.entry(f).or_default() += chunk;
+        }
+        for (f, bytes) in added {
+            let used = self.store.used(f);
+            if used > self.stop_bytes && used - bytes <= self.stop_bytes {
                 fx.stopped_writes.push(f);
             }
             self.touch(f, now);
@@ -521,34 +682,49 @@ impl SlidingWindow {
         self.ensure_writable(now, fx);
     }
 
-    /// Grows the current bucket if some chunk position `i mod (d+p)` has no function left that
-    /// takes writes.
+    /// Grows the current bucket from the pool if fewer than `d + p` of its functions take
+    /// writes (never expires or evicts anything: the next write does, if it must).
     fn ensure_writable(&mut self, now: Millis, fx: &mut Effects) {
-        let s = self.cpp() as usize;
         let Some(b) = self.buckets.back() else {
             return;
         };
-        if b.functions.is_empty() {
-            return;
+        let writable = b.functions.iter().filter(|&&f| self.writable(f)).count() as u32;
+        let need = self.cpp().saturating_sub(writable);
+        if need > 0 {
+            self.grow(need, now, fx);
         }
-        let full_class = (0..s).any(|i| {
-            !b.functions
-                .iter()
-                .skip(i)
-                .step_by(s)
-                .any(|&f| self.can_take(f, 0, 0) && self.store.used(f) < self.capacity)
-        });
-        if full_class {
-            self.grow_current(now, fx);
+    }
+
+    /// Tags `slot` with the current bucket (a new object, or a promotion).
+    fn join_current(&mut self, slot: Slot) {
+        let seq = self.next_join;
+        self.next_join += 1;
+        let i = slot as usize;
+        if self.joined.len() <= i {
+            self.joined.resize(i + 1, 0);
+        }
+        self.joined[i] = seq;
+        self.store.obj_mut(slot).tag = self.current_id();
+        self.buckets
+            .back_mut()
+            .expect("current bucket")
+            .objects
+            .insert(seq, slot);
+    }
+
+    fn leave_bucket(&mut self, slot: Slot) {
+        let tag = self.store.obj(slot).tag;
+        let seq = self.joined[slot as usize];
+        if let Some(b) = self.bucket_mut(tag) {
+            b.objects.remove(&seq);
         }
     }
 
     fn remove_object(&mut self, slot: Slot) -> Obj {
-        let tag = self.store.obj(slot).tag;
-        if let Some(b) = self.bucket_mut(tag) {
-            b.objects.remove(&slot);
-        }
-        self.store.remove(slot)
+        self.leave_bucket(slot);
+        let obj = self.store.remove(slot);
+        self.freed(&obj);
+        obj
     }
 
     fn layout_of(&self, obj: &Obj) -> ChunkLayout {
@@ -558,6 +734,19 @@ impl SlidingWindow {
             data_chunks: obj.data_chunks,
             functions: obj.chunks.iter().flatten().copied().collect(),
         }
+    }
+
+    /// Whether `pieces` pieces of chunks of `chunk` bytes fit in the pool's empty functions
+    /// with chunk `i` of every piece on positions `i, i + (d+p), ...` alone: each of those
+    /// `floor(pool / (d+p))` (or more) functions per position takes as many chunks as fit
+    /// under the threshold.
+    fn fits_pool(&self, chunk: u64, pieces: u32) -> bool {
+        if chunk == 0 {
+            return true;
+        }
+        let per_fn = (self.capacity / chunk).min(self.stop_bytes / chunk + 1);
+        let per_position = u64::from(self.cfg.pool_size / self.cpp());
+        u64::from(pieces) <= per_position.saturating_mul(per_fn)
     }
 }
 
@@ -584,29 +773,32 @@ impl Policy for SlidingWindow {
         let chunk = size.div_ceil(u64::from(pieces) * u64::from(d));
         let placement = if size < self.cfg.min_object_bytes {
             Placement::Bypass(BypassReason::TooSmall)
-        } else if chunk > self.capacity {
+        } else if !self.fits_pool(chunk, pieces) {
             Placement::Bypass(BypassReason::TooLarge)
         } else {
-            match self.place(chunk, pieces, now, &mut fx) {
+            let all: Vec<u32> = (0..self.cpp()).collect();
+            let wanted = vec![(all, Vec::new()); pieces as usize];
+            let placed = self
+                .place(chunk, &wanted, Room::Write, now, &mut fx)
+                // Placing while making room can pack badly (a chunk that found no room at
+                // its positions took another's); now every function is in the current bucket
+                // and empty, and a fresh pass cannot come up short (see `fits_pool`).
+                .or_else(|_| self.place(chunk, &wanted, Room::Write, now, &mut fx));
+            match placed {
                 Err(reason) => Placement::Bypass(reason),
                 Ok(fs) => {
-                    let cur = self.current_id();
                     let obj = Obj {
                         key: key.into(),
                         chunk_size: chunk,
                         chunks_per_piece: self.cpp(),
                         data_chunks: d,
                         chunks: fs.iter().copied().map(Some).collect(),
-                        tag: cur,
+                        tag: self.current_id(),
                     };
                     let layout = self.layout_of(&obj);
                     let slot = self.store.insert(obj);
-                    self.buckets
-                        .back_mut()
-                        .expect("current")
-                        .objects
-                        .insert(slot);
-                    self.after_writes(&fs, now, &mut fx);
+                    self.join_current(slot);
+                    self.after_writes(&fs, chunk, now, &mut fx);
                     Placement::Functions(layout)
                 }
             }
@@ -635,13 +827,9 @@ impl Policy for SlidingWindow {
             fx.evicted.push(obj.key.into());
             return miss(fx);
         }
-        let (chunk, pieces, tag) = {
+        let (chunk, tag) = {
             let obj = self.store.obj(slot);
-            (
-                obj.chunk_size,
-                obj.chunks.len() as u32 / self.cpp(),
-                obj.tag,
-            )
+            (obj.chunk_size, obj.tag)
         };
         let cur = self.current_id();
         let age = cur - tag;
@@ -652,16 +840,46 @@ impl Policy for SlidingWindow {
         } else {
             false
         };
-        // Choose the new places first: growing the bucket may expire the oldest degraded
-        // bucket early (pool exhausted), and with it this very object.
-        let target = if promote {
-            self.place(chunk, pieces, now, &mut fx).ok()
-        } else {
-            None
-        };
-        if self.store.slot(key) != Some(slot) {
-            return miss(fx);
+        // A promotion rewrites the chunks that are lost or on functions outside the current
+        // bucket; chunks on the current bucket's functions (inherited) stay where they are.
+        // New places are chosen first: growing the bucket may expire degraded buckets older
+        // than this object's early, never the object's own.
+        let s = self.cpp() as usize;
+        let mut moves: Vec<u32> = Vec::new();
+        let mut target = None;
+        if promote && tag != cur {
+            let old = &self.store.obj(slot).chunks;
+            let in_current =
+                |f: &Option<FunctionId>| f.is_some_and(|f| self.fns[f.index()].bucket == Some(cur));
+            let mut wanted = Vec::new();
+            for (j, piece) in old.chunks(s).enumerate() {
+                let idx: Vec<u32> = (0..s as u32)
+                    .filter(|&i| !in_current(&piece[i as usize]))
+                    .collect();
+                if idx.is_empty() {
+                    continue;
+                }
+                let keep: Vec<FunctionId> = piece
+                    .iter()
+                    .filter(|f| in_current(f))
+                    .flatten()
+                    .copied()
+                    .collect();
+                moves.extend(idx.iter().map(|&i| (j * s) as u32 + i));
+                wanted.push((idx, keep));
+            }
+            target = if wanted.is_empty() {
+                Some(Vec::new())
+            } else {
+                self.place(chunk, &wanted, Room::Promotion { tag }, now, &mut fx)
+                    .ok()
+            };
         }
+        debug_assert_eq!(
+            self.store.slot(key),
+            Some(slot),
+            "promotion expired its object"
+        );
         let obj = self.store.obj(slot);
         let old = obj.chunks.clone();
         let lookup = Lookup::Functions {
@@ -675,28 +893,27 @@ impl Policy for SlidingWindow {
         }
         let mut relocation = Vec::new();
         if let Some(to) = target {
-            for (i, (&from, &to)) in old.iter().zip(&to).enumerate() {
+            for (&index, &to) in moves.iter().zip(&to) {
+                let from = old[index as usize];
                 relocation.push(ChunkMove {
-                    index: i as u32,
+                    index,
                     from,
                     to,
                     size: chunk,
                 });
-                self.store.move_chunk(slot, i as u32, to);
+                if let Some(from) = from {
+                    self.fns[from.index()].report_full = false;
+                }
+                self.store.move_chunk(slot, index, to);
             }
-            if let Some(b) = self.bucket_mut(tag) {
-                b.objects.remove(&slot);
+            self.leave_bucket(slot);
+            self.join_current(slot);
+            for m in &relocation {
+                if let Some(from) = m.from {
+                    self.reschedule(from);
+                }
             }
-            self.buckets
-                .back_mut()
-                .expect("current")
-                .objects
-                .insert(slot);
-            self.store.obj_mut(slot).tag = cur;
-            for f in old.iter().flatten() {
-                self.reschedule(*f);
-            }
-            self.after_writes(&to, now, &mut fx);
+            self.after_writes(&to, chunk, now, &mut fx);
         }
         GetDecision {
             lookup,
@@ -748,6 +965,8 @@ impl Policy for SlidingWindow {
         let now = self.clock(now);
         let mut fx = Effects::default();
         self.advance(now, &mut fx);
+        // The state of the bucket the function is in now (an inherited function serves its
+        // new bucket, whatever the age of the objects it holds).
         let bucket = self.fns.get(function.index()).and_then(|st| st.bucket);
         let state = bucket.and_then(|b| self.bucket(b)).map(|b| b.state);
         let action = match state {
@@ -768,7 +987,7 @@ impl Policy for SlidingWindow {
                         }
                     })
                     .collect();
-                self.fns[function.index()].reported = 0;
+                self.fns[function.index()].report_full = false;
                 self.touch(function, now);
                 LossAction::Recover { chunks }
             }
@@ -780,7 +999,7 @@ impl Policy for SlidingWindow {
                         fx.evicted.push(obj.key.into());
                     }
                 }
-                self.fns[function.index()].reported = 0;
+                self.fns[function.index()].report_full = false;
                 self.reschedule(function);
                 LossAction::Delegate {
                     chunks_lost: before,
@@ -798,18 +1017,19 @@ impl Policy for SlidingWindow {
         let mut fx = Effects::default();
         self.advance(now, &mut fx);
         let cur = self.current_id();
-        let Some(st) = self.fns.get_mut(function.index()) else {
+        let Some(bucket) = self.fns.get(function.index()).and_then(|st| st.bucket) else {
             return fx;
         };
-        let Some(bucket) = st.bucket else {
-            return fx;
-        };
-        st.reported = bytes_used;
-        if st.accepting && bytes_used > self.stop_bytes {
-            st.accepting = false;
-            fx.stopped_writes.push(function);
-            if bucket == cur {
-                self.ensure_writable(now, &mut fx);
+        if bytes_used <= self.stop_bytes {
+            self.fns[function.index()].report_full = false;
+        } else if !self.fns[function.index()].report_full {
+            let was_writable = self.writable(function);
+            self.fns[function.index()].report_full = true;
+            if was_writable {
+                fx.stopped_writes.push(function);
+                if bucket == cur {
+                    self.ensure_writable(now, &mut fx);
+                }
             }
         }
         fx
@@ -869,6 +1089,7 @@ impl Policy for SlidingWindow {
                 objects: b.objects.len() as u64,
             })
             .collect();
+        let cur = self.current_id();
         let mut functions: Vec<FunctionSnapshot> = self
             .buckets
             .iter()
@@ -882,7 +1103,8 @@ impl Policy for SlidingWindow {
                     capacity_bytes: self.capacity,
                     occupancy: used as f64 / self.capacity as f64,
                     chunks: self.store.chunk_count(f),
-                    accepting_writes: self.fns[f.index()].accepting,
+                    // Only the current bucket takes writes.
+                    accepting_writes: b == cur && self.writable(f),
                 }
             })
             .collect();

@@ -7,7 +7,12 @@
 //!   `d` chunks of every piece on held functions or misses (and S3 has it); the policy never
 //!   claims an object that was not acknowledged or was deleted;
 //! - expired functions are never warmed (until a bucket draws them again), and every warm-up
-//!   targets a held function.
+//!   targets a held function;
+//! - every function is in at most one bucket or in the pool: functions drawn for a bucket were
+//!   not held before, inherited ones move from the bucket they were in to the current one;
+//! - with a pool of exactly one scale step (the gateway's default shape, issue 15), after any
+//!   sequence of rotations, writes, reads, deletes and losses, a new object that fits in the
+//!   pool's empty functions is admitted into memory.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +20,10 @@ use policy::*;
 use proptest::prelude::*;
 
 const MIN: u64 = 60_000;
+/// The window's pool in most tests: five steps.
+const WINDOW_POOL: u32 = 15;
+/// One step: d + p = 3.
+const ONE_STEP: u32 = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -41,7 +50,7 @@ fn ops(pool: u32) -> impl Strategy<Value = Vec<Op>> {
 
 fn window_cfg(seed: u64) -> WindowConfig {
     WindowConfig {
-        pool_size: 15,
+        pool_size: WINDOW_POOL,
         function_memory_mb: 12,
         reserved_mb: 2,
         data_chunks: 2,
@@ -97,6 +106,23 @@ struct Harness {
     s3: BTreeMap<String, u64>,
     /// Functions returned to the pool and not drawn again since.
     expired: BTreeSet<FunctionId>,
+    /// Functions held before the event being applied.
+    before: BTreeSet<FunctionId>,
+    /// Sliding window with this pool: every PUT that fits it must be admitted, and occupancy
+    /// reports tell the truth (the policy's own accounting), as the gateway's functions do.
+    admit_all_that_fits: Option<u32>,
+}
+
+/// Whether `pieces` pieces of an object of `size` bytes fit in `pool` empty functions of
+/// `window_cfg` (d = 2, p = 1, 10 MiB, writes stop above 9 MiB): `pieces` chunks on each of
+/// `floor(pool / 3)` functions per chunk position.
+fn fits_window(size: u64, pieces: u32, pool: u32) -> bool {
+    let chunk = size.div_ceil(u64::from(pieces) * 2);
+    if chunk == 0 {
+        return true;
+    }
+    let per_fn = (10 * MIB / chunk).min(9 * MIB / chunk + 1);
+    u64::from(pieces) <= u64::from(pool / 3) * per_fn
 }
 
 fn distinct_per_piece(chunks: &[Option<FunctionId>], cpp: usize) -> Result<(), TestCaseError> {
@@ -120,7 +146,35 @@ impl Harness {
             now: 0,
             s3: BTreeMap::new(),
             expired: BTreeSet::new(),
+            before: BTreeSet::new(),
+            admit_all_that_fits: None,
         }
+    }
+
+    /// A PUT (or re-fill) decision: admitted if it must be.
+    fn check_admitted(
+        &self,
+        key: &str,
+        size: u64,
+        pieces: u32,
+        placement: &Placement,
+    ) -> Result<(), TestCaseError> {
+        if let Some(pool) = self.admit_all_that_fits {
+            if fits_window(size, pieces, pool) {
+                prop_assert!(
+                    matches!(placement, Placement::Functions(_)),
+                    "{} ({} bytes, {} pieces) fits but was not admitted: {:?}\n{}",
+                    key,
+                    size,
+                    pieces,
+                    placement,
+                    self.p.snapshot().describe()
+                );
+            } else {
+                prop_assert_eq!(placement, &Placement::Bypass(BypassReason::TooLarge));
+            }
+        }
+        Ok(())
     }
 
     fn held(&self) -> BTreeSet<FunctionId> {
@@ -129,9 +183,38 @@ impl Harness {
 
     fn effects(&mut self, fx: &Effects) -> Result<(), TestCaseError> {
         self.expired.extend(fx.returned.iter().copied());
+        let returned: BTreeSet<FunctionId> = fx.returned.iter().copied().collect();
         for g in fx.opened.iter().chain(&fx.scaled_out) {
             for f in &g.functions {
                 self.expired.remove(f);
+                // Drawn from the pool: not held before the event, unless its bucket expired
+                // (early) during it.
+                prop_assert!(
+                    !self.before.contains(f) || returned.contains(f),
+                    "{} drawn while held",
+                    f
+                );
+            }
+        }
+        let snap = self.p.snapshot();
+        for i in &fx.inherited {
+            prop_assert!(!i.functions.is_empty());
+            for f in &i.functions {
+                prop_assert!(self.before.contains(f), "inherited {} was not held", f);
+                let now_in = snap
+                    .functions
+                    .iter()
+                    .find(|s| s.id == *f)
+                    .and_then(|s| s.bucket);
+                // It serves the new bucket (or, later in the same event, a newer one, or
+                // went back to the pool with it).
+                prop_assert!(
+                    now_in.is_none_or(|b| b >= i.to) && i.to > i.from,
+                    "inherited {} is in {:?}, not in {} or later",
+                    f,
+                    now_in,
+                    i.to
+                );
             }
         }
         let held = self.held();
@@ -153,6 +236,22 @@ impl Harness {
 
     fn state(&self) -> Result<(), TestCaseError> {
         let snap = self.p.snapshot();
+        // Every function in at most one bucket, and listed with that bucket.
+        let mut seen = BTreeSet::new();
+        for b in &snap.buckets {
+            for f in &b.functions {
+                prop_assert!(seen.insert(*f), "{} in two buckets", f);
+                let fs = snap.functions.iter().find(|s| s.id == *f);
+                prop_assert_eq!(fs.and_then(|s| s.bucket), Some(b.id));
+            }
+        }
+        if !snap.buckets.is_empty() {
+            prop_assert_eq!(seen.len(), snap.functions.len());
+            prop_assert_eq!(seen.len() as u32, snap.stats.functions_held);
+        }
+        if let Some(pool) = self.admit_all_that_fits {
+            prop_assert!(snap.stats.functions_held <= pool);
+        }
         let mut sum = 0;
         for f in &snap.functions {
             prop_assert!(
@@ -177,6 +276,7 @@ impl Harness {
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        self.before = self.held();
         match *op {
             Op::Put { key, kib, pieces } => {
                 let key = format!("k{key}");
@@ -185,6 +285,7 @@ impl Harness {
                 self.s3.insert(key.clone(), size);
                 let dec = self.p.put(self.now, &key, size, pieces);
                 self.effects(&dec.effects)?;
+                self.check_admitted(&key, size, pieces, &dec.placement)?;
                 if let Placement::Functions(l) = &dec.placement {
                     let chunks: Vec<Option<FunctionId>> =
                         l.functions.iter().copied().map(Some).collect();
@@ -225,8 +326,10 @@ impl Harness {
                     Lookup::Miss => {
                         // Served from S3 if acknowledged; then re-filled, as the gateway does.
                         if let Some(&size) = self.s3.get(&key) {
+                            self.before = self.held();
                             let dec = self.p.put(self.now, &key, size, 1);
                             self.effects(&dec.effects)?;
+                            self.check_admitted(&key, size, 1, &dec.placement)?;
                         }
                     }
                 }
@@ -243,10 +346,12 @@ impl Harness {
                 // Tick at every wake-up on the way, as the gateway's timer would.
                 while let Some(w) = self.p.next_wakeup().filter(|&w| w <= end) {
                     self.now = w.max(self.now);
+                    self.before = self.held();
                     let fx = self.p.tick(self.now);
                     self.effects(&fx)?;
                 }
                 self.now = end;
+                self.before = self.held();
                 let fx = self.p.tick(self.now);
                 self.effects(&fx)?;
             }
@@ -255,7 +360,15 @@ impl Harness {
                 self.effects(&dec.effects)?;
             }
             Op::Occupancy(f, mib) => {
-                let fx = self.p.occupancy(self.now, FunctionId(f), mib * MIB);
+                let used = if self.admit_all_that_fits.is_some() {
+                    // The truth: what the policy placed there.
+                    let snap = self.p.snapshot();
+                    let held = snap.functions.iter().find(|s| s.id.0 == f);
+                    held.map_or(0, |s| s.used_bytes)
+                } else {
+                    mib * MIB
+                };
+                let fx = self.p.occupancy(self.now, FunctionId(f), used);
                 self.effects(&fx)?;
             }
         }
@@ -275,8 +388,34 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn sliding_window_invariants(seed in 0u64..1000, ops in ops(15)) {
+    fn sliding_window_invariants(seed in 0u64..1000, ops in ops(WINDOW_POOL)) {
         run(Box::new(SlidingWindow::new(window_cfg(seed)).unwrap()), &ops)?;
+    }
+
+    /// The same with a pool of one step (d + p = scale step = pool, the gateway's default
+    /// shape), arbitrary occupancy reports included.
+    #[test]
+    fn sliding_window_invariants_with_a_pool_of_one_step(seed in 0u64..1000, ops in ops(ONE_STEP)) {
+        let cfg = WindowConfig { pool_size: ONE_STEP, ..window_cfg(seed) };
+        run(Box::new(SlidingWindow::new(cfg).unwrap()), &ops)?;
+    }
+
+    /// With a pool of one step (and, where first-fit packing is harder, a pool that is not a
+    /// multiple of d + p, or two steps), after any sequence of rotations, writes, reads,
+    /// deletes, losses and (truthful) occupancy reports, every new object that fits in the
+    /// pool's empty functions is admitted, evicting the oldest data if needed.
+    #[test]
+    fn a_pool_of_one_step_admits_every_object_that_fits(
+        seed in 0u64..1000,
+        pool in prop::sample::select(vec![ONE_STEP, ONE_STEP, ONE_STEP + 1, 2 * ONE_STEP]),
+        ops in ops(ONE_STEP),
+    ) {
+        let cfg = WindowConfig { pool_size: pool, ..window_cfg(seed) };
+        let mut h = Harness::new(Box::new(SlidingWindow::new(cfg).unwrap()));
+        h.admit_all_that_fits = Some(pool);
+        for op in &ops {
+            h.apply(op)?;
+        }
     }
 
     #[test]
@@ -294,7 +433,7 @@ proptest! {
     /// Relocations land in the current (newest) bucket, and the window never holds more
     /// functions than the pool.
     #[test]
-    fn promotions_go_to_the_current_bucket(seed in 0u64..1000, ops in ops(15)) {
+    fn promotions_go_to_the_current_bucket(seed in 0u64..1000, ops in ops(WINDOW_POOL)) {
         let mut w = SlidingWindow::new(window_cfg(seed)).unwrap();
         let mut now = 0;
         for op in &ops {
@@ -312,7 +451,7 @@ proptest! {
                 }
                 _ => {}
             }
-            prop_assert!(w.stats().functions_held <= 15);
+            prop_assert!(w.stats().functions_held <= WINDOW_POOL);
         }
     }
 }

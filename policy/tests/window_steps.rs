@@ -53,8 +53,15 @@ fn layout(p: &Placement) -> Vec<FunctionId> {
     }
 }
 
+fn inherited(fx: &Effects) -> Vec<(u64, u64, Vec<FunctionId>)> {
+    fx.inherited
+        .iter()
+        .map(|i| (i.from.0, i.to.0, i.functions.clone()))
+        .collect()
+}
+
 #[test]
-fn buckets_rotate_degrade_promote_and_expire() {
+fn rotation_carries_functions_that_take_writes_into_the_new_bucket() {
     let mut w = SlidingWindow::new(small()).unwrap();
 
     // t=0: the first event opens bucket 0 with a step of 3 functions (lowest ids), warmed at
@@ -70,57 +77,47 @@ fn buckets_rotate_degrade_promote_and_expire() {
     let fx = w.tick(MIN);
     assert_eq!(warmed(&fx), vec![(0, MIN), (1, MIN), (2, MIN)]);
 
-    // t=10 min: bucket 1 opens and takes the writes; bucket 0 stays active (age 1 < 2).
+    // t=10 min: bucket 1 opens. f0-f2 still take writes: they move into it with their chunks
+    // (bucket inheritance); nothing is drawn from the pool. "a" stays an object of bucket 0.
+    // Their warm-ups, overdue since 2 min (nobody ticked in between), are sent now.
     let fx = w.tick(10 * MIN);
-    assert_eq!(fx.opened[0].bucket, BucketId(1));
-    // New functions warmed at once, then bucket 0's warm-ups, overdue since 2 min (nobody
-    // ticked in between): `due` says when they were due.
-    assert_eq!(
-        warmed(&fx),
-        vec![
-            (3, 10 * MIN),
-            (4, 10 * MIN),
-            (5, 10 * MIN),
-            (0, 2 * MIN),
-            (1, 2 * MIN),
-            (2, 2 * MIN)
-        ]
-    );
+    assert_eq!(inherited(&fx), vec![(0, 1, f(&[0, 1, 2]))]);
+    assert!(fx.opened.is_empty() && fx.scaled_out.is_empty());
+    assert_eq!(warmed(&fx), vec![(0, 2 * MIN), (1, 2 * MIN), (2, 2 * MIN)]);
     assert_eq!(
         w.snapshot().describe(),
-        "b0 active: f0=2 f1=2 f2=2 | 1 obj\n\
-         b1 active: f3=0 f4=0 f5=0 | 0 obj"
+        "b0 active:  | 1 obj\n\
+         b1 active: f0=2 f1=2 f2=2 | 0 obj"
     );
 
-    // t=20 min: bucket 2 opens, bucket 0 (age 2) leaves the active window: read-only, warmed
-    // every 5 min from its last warm-up at 10 min (due 15 min, sent now). Bucket 1's functions
-    // hold nothing and are no longer the write target: not worth warming.
+    // t=11 min: new writes go to the current bucket, on the same functions.
+    assert_eq!(
+        layout(&w.put(11 * MIN, "b", mib(4), 1).placement),
+        f(&[0, 1, 2])
+    );
+    // "a" (1 bucket old, promotion probability 0) is read where it is.
+    let get = w.get(11 * MIN, "a");
+    assert!(get.lookup.is_hit() && get.relocation.is_empty());
+    assert_eq!(
+        w.snapshot().describe(),
+        "b0 active:  | 1 obj\n\
+         b1 active: f0=4 f1=4 f2=4 | 1 obj"
+    );
+
+    // t=20 min: bucket 2 opens and inherits f0-f2; bucket 0 (age 2) leaves the active window.
+    // It has no functions left to warm less often: its object is on functions of bucket 2.
     let fx = w.tick(20 * MIN);
     assert_eq!(fx.degraded, vec![BucketId(0)]);
-    assert_eq!(fx.opened[0].functions, f(&[6, 7, 8]));
-    assert_eq!(
-        warmed(&fx),
-        vec![
-            (6, 20 * MIN),
-            (7, 20 * MIN),
-            (8, 20 * MIN),
-            (0, 15 * MIN),
-            (1, 15 * MIN),
-            (2, 15 * MIN)
-        ]
-    );
+    assert_eq!(inherited(&fx), vec![(1, 2, f(&[0, 1, 2]))]);
     assert_eq!(
         w.snapshot().describe(),
-        "b0 degraded: f0=2 f1=2 f2=2 | 1 obj\n\
-         b1 active: f3=0 f4=0 f5=0 | 0 obj\n\
-         b2 active: f6=0 f7=0 f8=0 | 0 obj"
+        "b0 degraded:  | 1 obj\n\
+         b1 active:  | 1 obj\n\
+         b2 active: f0=4 f1=4 f2=4 | 0 obj"
     );
-    // Degraded functions are next due 5 minutes after this warm-up.
-    assert_eq!(w.tick(24 * MIN).warmups.len(), 3); // only bucket 2's, due each minute
-    assert!(w.tick(24 * MIN + 1).warmups.is_empty());
 
-    // t=21 min: a GET of "a" (age 2 >= 2) reads the old chunks and promotes them into the
-    // current bucket.
+    // t=21 min: a GET of "a" (age 2 >= 2) promotes it. Its chunks already are on functions
+    // of the current bucket: nothing moves, "a" becomes an object of bucket 2.
     let get = w.get(21 * MIN, "a");
     assert_eq!(
         get.lookup,
@@ -135,6 +132,86 @@ fn buckets_rotate_degrade_promote_and_expire() {
             ],
         }
     );
+    assert!(get.relocation.is_empty());
+    assert_eq!(
+        w.snapshot().describe(),
+        "b0 degraded:  | 0 obj\n\
+         b1 active:  | 1 obj\n\
+         b2 active: f0=4 f1=4 f2=4 | 1 obj"
+    );
+
+    // t=30 min: bucket 0 (age 3) expires: no function to return, no object left in it ("a"
+    // was promoted). Bucket 1 degrades; bucket 3 inherits f0-f2.
+    let fx = w.tick(30 * MIN);
+    assert_eq!(fx.expired, vec![BucketId(0)]);
+    assert!(fx.returned.is_empty() && fx.evicted.is_empty());
+    assert_eq!(fx.degraded, vec![BucketId(1)]);
+    assert_eq!(inherited(&fx), vec![(2, 3, f(&[0, 1, 2]))]);
+
+    // t=40 min: bucket 1 expires and "b" with it: its chunks are freed on f0-f2, which now
+    // serve bucket 4. "b" remains in S3.
+    let fx = w.tick(40 * MIN);
+    assert_eq!(fx.expired, vec![BucketId(1)]);
+    assert_eq!(fx.evicted, vec!["b".to_string()]);
+    assert!(fx.returned.is_empty());
+    assert_eq!(
+        w.snapshot().describe(),
+        "b2 degraded:  | 1 obj\n\
+         b3 active:  | 0 obj\n\
+         b4 active: f0=2 f1=2 f2=2 | 0 obj"
+    );
+    assert!(!w.contains("b") && w.contains("a"));
+    assert_eq!(w.get(40 * MIN, "b").lookup, Lookup::Miss);
+    // Three functions served five buckets; the other six never left the pool.
+    let s = w.stats();
+    assert_eq!(s.functions_held, 3);
+    assert_eq!(
+        (s.active_buckets, s.degraded_buckets, s.expired_buckets),
+        (2, 1, 2)
+    );
+}
+
+#[test]
+fn full_functions_stay_behind_degrade_and_expire() {
+    let mut w = SlidingWindow::new(small()).unwrap();
+    // Two objects of 10 MiB (chunks of 5 MiB) fill f0-f2 (10 MiB > 9 MiB): they stop taking
+    // writes and bucket 0 grows by a step. A third object goes to the new functions.
+    w.put(0, "x", mib(10), 1);
+    w.put(1, "y", mib(10), 1);
+    assert_eq!(layout(&w.put(2, "z", mib(4), 1).placement), f(&[3, 4, 5]));
+    assert_eq!(
+        w.snapshot().describe(),
+        "b0 active: f0=10! f1=10! f2=10! f3=2 f4=2 f5=2 | 3 obj"
+    );
+
+    // t=10 min: bucket 1 inherits f3-f5, which still take writes; bucket 0 keeps its full
+    // functions (read-only from now on) and its three objects, "z" included.
+    let fx = w.tick(10 * MIN);
+    assert_eq!(inherited(&fx), vec![(0, 1, f(&[3, 4, 5]))]);
+    assert!(fx.opened.is_empty());
+    assert_eq!(
+        w.snapshot().describe(),
+        "b0 active: f0=10! f1=10! f2=10! | 3 obj\n\
+         b1 active: f3=2 f4=2 f5=2 | 0 obj"
+    );
+
+    // t=20 min: bucket 0 degrades: its functions are warmed every 5 minutes from their
+    // warm-up now; the current bucket's every minute.
+    let fx = w.tick(20 * MIN);
+    assert_eq!(fx.degraded, vec![BucketId(0)]);
+    assert_eq!(inherited(&fx), vec![(1, 2, f(&[3, 4, 5]))]);
+    let warmed_at = |fx: &Effects| -> Vec<u32> {
+        let mut v: Vec<u32> = fx.warmups.iter().map(|w| w.function.0).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(warmed_at(&fx), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(warmed_at(&w.tick(24 * MIN)), vec![3, 4, 5]);
+    assert_eq!(warmed_at(&w.tick(25 * MIN)), vec![0, 1, 2, 3, 4, 5]);
+
+    // t=25 min: a GET of "x" (age 2) promotes it: its chunks are on bucket 0's functions, so
+    // all three move to the current bucket (position i first).
+    let get = w.get(25 * MIN, "x");
     let moves: Vec<(u32, Option<u32>, u32)> = get
         .relocation
         .iter()
@@ -142,55 +219,29 @@ fn buckets_rotate_degrade_promote_and_expire() {
         .collect();
     assert_eq!(
         moves,
-        vec![(0, Some(0), 6), (1, Some(1), 7), (2, Some(2), 8)]
+        vec![(0, Some(0), 3), (1, Some(1), 4), (2, Some(2), 5)]
     );
     assert_eq!(
         w.snapshot().describe(),
-        "b0 degraded: f0=0 f1=0 f2=0 | 0 obj\n\
-         b1 active: f3=0 f4=0 f5=0 | 0 obj\n\
-         b2 active: f6=2 f7=2 f8=2 | 1 obj"
+        "b0 degraded: f0=5! f1=5! f2=5! | 2 obj\n\
+         b1 active:  | 0 obj\n\
+         b2 active: f3=7 f4=7 f5=7 | 1 obj"
     );
 
-    // t=30 min: bucket 0 (age 3) expires, its functions return to the pool, and bucket 3
-    // draws them again (the pool of 9 was empty). Bucket 1 degrades.
+    // t=30 min: bucket 0 expires: "y" (on f0-f2) and "z" (on f3-f5, now bucket 3's) are
+    // evicted, f0-f2 return to the pool. Bucket 3 inherits f3-f5.
     let fx = w.tick(30 * MIN);
     assert_eq!(fx.expired, vec![BucketId(0)]);
     assert_eq!(fx.returned, f(&[0, 1, 2]));
-    assert!(fx.evicted.is_empty()); // "a" was promoted out of bucket 0
-    assert_eq!(fx.degraded, vec![BucketId(1)]);
-    assert_eq!(fx.opened[0].functions, f(&[0, 1, 2]));
+    assert_eq!(fx.evicted, vec!["y".to_string(), "z".to_string()]);
+    assert_eq!(inherited(&fx), vec![(2, 3, f(&[3, 4, 5]))]);
     assert_eq!(
         w.snapshot().describe(),
-        "b1 degraded: f3=0 f4=0 f5=0 | 0 obj\n\
-         b2 active: f6=2 f7=2 f8=2 | 1 obj\n\
-         b3 active: f0=0 f1=0 f2=0 | 0 obj"
+        "b1 degraded:  | 0 obj\n\
+         b2 active:  | 1 obj\n\
+         b3 active: f3=5 f4=5 f5=5 | 0 obj"
     );
-
-    // t=31 min: new writes go to the current bucket.
-    assert_eq!(
-        layout(&w.put(31 * MIN, "b", mib(4), 1).placement),
-        f(&[0, 1, 2])
-    );
-
-    // t=50 min: buckets 1 and 2 expire on the way (bucket 4 reused f3-f5, bucket 5 gets
-    // f6-f8); "a" expired with bucket 2 and is evicted from memory (it remains in S3).
-    w.tick(40 * MIN);
-    let fx = w.tick(50 * MIN);
-    assert_eq!(fx.expired, vec![BucketId(2)]);
-    assert_eq!(fx.evicted, vec!["a".to_string()]);
-    assert_eq!(
-        w.snapshot().describe(),
-        "b3 degraded: f0=2 f1=2 f2=2 | 1 obj\n\
-         b4 active: f3=0 f4=0 f5=0 | 0 obj\n\
-         b5 active: f6=0 f7=0 f8=0 | 0 obj"
-    );
-    assert!(!w.contains("a"));
-    assert_eq!(w.get(50 * MIN, "a").lookup, Lookup::Miss);
-    let s = w.stats();
-    assert_eq!(
-        (s.active_buckets, s.degraded_buckets, s.expired_buckets),
-        (2, 1, 3)
-    );
+    assert!(w.contains("x") && !w.contains("y") && !w.contains("z"));
 }
 
 #[test]
@@ -220,21 +271,108 @@ fn full_functions_stop_writes_and_the_bucket_grows() {
     let put = w.put(4, "w", mib(8), 1);
     assert_eq!(layout(&put.placement), f(&[6, 7, 8]));
     assert_eq!(put.effects.scaled_out[0].functions, f(&[6, 7, 8]));
-    // The pool (9) is now exhausted: the next step cannot be drawn, the object stays in S3.
+    // The pool (9) is now exhausted and there is no older bucket to expire: the current
+    // bucket's oldest objects are evicted until the chunks (9 MiB) fit.
     let put = w.put(5, "v", mib(18), 1);
+    assert_eq!(layout(&put.placement), f(&[0, 1, 2]));
+    assert_eq!(put.effects.evicted, vec!["x".to_string(), "y".to_string()]);
     assert_eq!(
-        put.placement,
-        Placement::Bypass(BypassReason::PoolExhausted)
+        w.snapshot().describe(),
+        "b0 active: f0=9 f1=9 f2=9 f3=8 f4=8 f5=8 f6=4 f7=4 f8=4 | 4 obj"
     );
-    assert!(!w.contains("v"));
+    // An object that would not fit even in the empty pool (9 pieces of 4 MiB chunks: 3 per
+    // function, 12 MiB > 10) bypasses memory at once, evicting nothing.
+    let put = w.put(6, "huge", mib(72), 9);
+    assert_eq!(put.placement, Placement::Bypass(BypassReason::TooLarge));
+    assert!(put.effects.evicted.is_empty());
+}
+
+#[test]
+fn a_pool_of_one_step_keeps_caching_through_rotations() {
+    // The gateway's default shape (issue 15): pool = scale step = d + p.
+    let mut w = SlidingWindow::new(WindowConfig {
+        pool_size: 3,
+        ..small()
+    })
+    .unwrap();
+    w.put(0, "a", mib(4), 1);
+    // t=10 min: bucket 1 inherits all three functions, so it can take writes at once.
+    let fx = w.tick(10 * MIN);
+    assert_eq!(inherited(&fx), vec![(0, 1, f(&[0, 1, 2]))]);
+    assert_eq!(
+        layout(&w.put(11 * MIN, "b", mib(10), 1).placement),
+        f(&[0, 1, 2])
+    );
+    w.put(12 * MIN, "c", mib(4), 1);
+    assert_eq!(
+        w.snapshot().describe(),
+        "b0 active:  | 1 obj\n\
+         b1 active: f0=9 f1=9 f2=9 | 2 obj"
+    );
+    // t=13 min: 9 + 2 > 10, the pool is empty: bucket 0 expires early ("a" is evicted, which
+    // frees 2 MiB on each function) and "d" fits.
+    let put = w.put(13 * MIN, "d", mib(4), 1);
+    assert_eq!(layout(&put.placement), f(&[0, 1, 2]));
+    assert_eq!(put.effects.expired, vec![BucketId(0)]);
+    assert_eq!(put.effects.evicted, vec!["a".to_string()]);
+    assert_eq!(w.snapshot().describe(), "b1 active: f0=9 f1=9 f2=9 | 3 obj");
+
+    // t=20 min: bucket 2 inherits them (9 MiB is not above the threshold). A 10 MiB object
+    // needs 5 MiB per function: bucket 1 (active, the oldest) expires early.
+    w.tick(20 * MIN);
+    let put = w.put(21 * MIN, "e", mib(10), 1);
+    assert_eq!(layout(&put.placement), f(&[0, 1, 2]));
+    assert_eq!(put.effects.expired, vec![BucketId(1)]);
+    assert_eq!(
+        put.effects.evicted,
+        vec!["b".to_string(), "c".to_string(), "d".to_string()]
+    );
+    // Another one fills them: they stop taking writes, and there is nothing to draw.
+    let put = w.put(22 * MIN, "f", mib(10), 1);
+    assert_eq!(put.effects.stopped_writes, f(&[0, 1, 2]));
+    assert_eq!(
+        w.snapshot().describe(),
+        "b2 active: f0=10! f1=10! f2=10! | 2 obj"
+    );
+    // Only the current bucket is left: its oldest object makes room.
+    let put = w.put(23 * MIN, "g", mib(4), 1);
+    assert_eq!(layout(&put.placement), f(&[0, 1, 2]));
+    assert_eq!(put.effects.evicted, vec!["e".to_string()]);
+    assert_eq!(w.snapshot().describe(), "b2 active: f0=7 f1=7 f2=7 | 2 obj");
+
+    // t=30 min: bucket 3 inherits them; "h" fills them. At 40 min they stay behind, full, in
+    // bucket 3: bucket 4 has no function and the pool is empty. Nothing is expired yet.
+    w.tick(30 * MIN);
+    w.put(31 * MIN, "h", mib(6), 1);
+    let fx = w.tick(40 * MIN);
+    assert!(fx.inherited.is_empty() && fx.expired.is_empty());
+    assert_eq!(
+        w.snapshot().describe(),
+        "b2 degraded:  | 2 obj\n\
+         b3 active: f0=10! f1=10! f2=10! | 1 obj\n\
+         b4 active:  | 0 obj"
+    );
+    // The next write expires the oldest buckets until their functions come back: bucket 2
+    // (degraded) frees memory but no function, bucket 3 (active) returns f0-f2, and bucket 4
+    // opens with them.
+    let put = w.put(41 * MIN, "i", mib(4), 1);
+    assert_eq!(layout(&put.placement), f(&[0, 1, 2]));
+    assert_eq!(put.effects.expired, vec![BucketId(2), BucketId(3)]);
+    assert_eq!(
+        put.effects.evicted,
+        vec!["f".to_string(), "g".to_string(), "h".to_string()]
+    );
+    assert_eq!(put.effects.returned, f(&[0, 1, 2]));
+    assert_eq!(put.effects.opened[0].bucket, BucketId(4));
+    assert_eq!(w.snapshot().describe(), "b4 active: f0=2 f1=2 f2=2 | 1 obj");
 }
 
 #[test]
 fn occupancy_reports_stop_writes() {
     let mut w = SlidingWindow::new(small()).unwrap();
     w.put(0, "a", mib(4), 1);
-    // f1 reports 9.5 MiB used (the runtime's view): above 90%, it stops taking writes; chunk
-    // position 1 has no writable function left, so the bucket grows.
+    // f1 reports 9.5 MiB used (the runtime's view): above 90%, it stops taking writes; fewer
+    // than d + p = 3 functions of the current bucket take writes, so the bucket grows.
     let fx = w.occupancy(1, FunctionId(1), mib(9) + MIB / 2);
     assert_eq!(fx.stopped_writes, f(&[1]));
     assert_eq!(fx.scaled_out[0].functions, f(&[3, 4, 5]));
@@ -243,6 +381,12 @@ fn occupancy_reports_stop_writes() {
         "b0 active: f0=2 f1=2! f2=2 f3=0 f4=0 f5=0 | 1 obj"
     );
     assert_eq!(layout(&w.put(2, "b", mib(4), 1).placement), f(&[0, 4, 2]));
+    // A later report at or below the threshold lets it take writes again.
+    assert!(w.occupancy(3, FunctionId(1), mib(2)).is_empty());
+    assert_eq!(
+        w.snapshot().describe(),
+        "b0 active: f0=4 f1=2 f2=4 f3=0 f4=2 f5=0 | 2 obj"
+    );
     // Reports for functions outside any bucket change nothing.
     assert!(w.occupancy(3, FunctionId(8), mib(10)).is_empty());
 }
@@ -254,26 +398,36 @@ fn lost_functions_are_recovered_delegated_or_ignored() {
         ..small()
     })
     .unwrap();
-    w.put(0, "a", mib(4), 1); // b0: f0 f1 f2
-    w.put(1, "c", mib(4), 1); // b0: f0 f1 f2
-    w.tick(10 * MIN); // b1 = f3-f5
-    w.tick(20 * MIN); // b0 degraded, b2 = f6-f8
-    w.put(20 * MIN, "b", mib(4), 1); // b2: f6 f7 f8
+    w.put(0, "a", mib(10), 1); // b0: f0 f1 f2
+    w.put(1, "c", mib(10), 1); // b0: f0 f1 f2, now full: b0 grows by f3-f5
+    w.put(2, "o", mib(4), 1); // b0: f3 f4 f5
+    w.tick(10 * MIN); // b1 inherits f3-f5
+    w.tick(20 * MIN); // b0 degraded, b2 inherits f3-f5
+    w.put(20 * MIN, "b", mib(4), 1); // b2: f3 f4 f5
+    assert_eq!(
+        w.snapshot().describe(),
+        "b0 degraded: f0=10! f1=10! f2=10! | 3 obj\n\
+         b1 active:  | 0 obj\n\
+         b2 active: f3=4 f4=4 f5=4 | 1 obj"
+    );
 
-    // Active bucket: recover now, from S3, the chunks it held (index 2 is parity).
-    let loss = w.function_lost(20 * MIN, FunctionId(8));
+    // A function of an active bucket: recover now, from S3, every chunk it holds (index 2
+    // is parity), whatever their objects' buckets: "o" belongs to degraded bucket 0, but
+    // its chunk is on f5, which serves the current bucket.
+    let loss = w.function_lost(20 * MIN, FunctionId(5));
+    let chunk = |key: &str| ChunkRef {
+        key: key.into(),
+        index: 2,
+        chunk_size: mib(2),
+        parity: true,
+    };
     assert_eq!(
         loss.action,
         LossAction::Recover {
-            chunks: vec![ChunkRef {
-                key: "b".into(),
-                index: 2,
-                chunk_size: mib(2),
-                parity: true,
-            }]
+            chunks: vec![chunk("o"), chunk("b")]
         }
     );
-    assert!(w.contains("b"));
+    assert!(w.contains("b") && w.contains("o"));
 
     // Degraded bucket: no recovery. "a" and "c" lose chunk 0 but still have d = 2 chunks.
     let loss = w.function_lost(21 * MIN, FunctionId(0));
@@ -281,9 +435,9 @@ fn lost_functions_are_recovered_delegated_or_ignored() {
     assert!(loss.effects.evicted.is_empty());
     assert_eq!(
         w.snapshot().describe(),
-        "b0 degraded: f0=0 f1=4 f2=4 | 2 obj\n\
-         b1 active: f3=0 f4=0 f5=0 | 0 obj\n\
-         b2 active: f6=2 f7=2 f8=2 | 1 obj"
+        "b0 degraded: f0=0! f1=10! f2=10! | 3 obj\n\
+         b1 active:  | 0 obj\n\
+         b2 active: f3=4 f4=4 f5=4 | 1 obj"
     );
     // A GET of "a" decodes without chunk 0 and promotes the object; the lost chunk is
     // rewritten from the decoded data (from = None).
@@ -319,7 +473,9 @@ fn promotion_between_the_ages_is_a_coin_flip() {
             ..small()
         })
         .unwrap();
-        w.put(0, "a", mib(4), 1);
+        // "a" and "x" fill f0-f2, which stay behind in bucket 0 at the rotation.
+        w.put(0, "a", mib(10), 1);
+        w.put(0, "x", mib(10), 1);
         w.tick(10 * MIN); // "a" is 1 bucket old: between maybe (1) and always (2)
         let get = w.get(10 * MIN + 1, "a");
         assert_eq!(!get.relocation.is_empty(), promoted, "p = {p}");
@@ -332,6 +488,14 @@ fn promotion_between_the_ages_is_a_coin_flip() {
     .unwrap();
     w.put(0, "a", mib(4), 1);
     assert!(w.get(1, "a").relocation.is_empty());
+    // An object whose chunks are on inherited functions is promoted without moving data.
+    w.tick(10 * MIN);
+    assert!(w.get(10 * MIN + 1, "a").relocation.is_empty());
+    assert_eq!(
+        w.snapshot().describe(),
+        "b0 active:  | 0 obj\n\
+         b1 active: f0=2 f1=2 f2=2 | 1 obj"
+    );
 }
 
 #[test]
@@ -420,21 +584,26 @@ fn an_idle_gateway_catches_up_without_drawing_functions_for_skipped_buckets() {
     let mut w = SlidingWindow::new(small()).unwrap();
     w.put(0, "a", mib(4), 1);
     // Nobody ticked for 25 minutes: buckets 1 and 2 are created on the way, but only the
-    // current one (2) draws functions; bucket 0 is degraded.
+    // current one (2) gets functions: it inherits bucket 0's, which still take writes;
+    // bucket 0 is degraded.
     let fx = w.tick(25 * MIN);
-    assert_eq!(fx.opened.len(), 1);
-    assert_eq!(fx.opened[0].bucket, BucketId(2));
+    assert!(fx.opened.is_empty());
+    assert_eq!(inherited(&fx), vec![(0, 2, f(&[0, 1, 2]))]);
     assert_eq!(
         w.snapshot().describe(),
-        "b0 degraded: f0=2 f1=2 f2=2 | 1 obj\n\
+        "b0 degraded:  | 1 obj\n\
          b1 active:  | 0 obj\n\
-         b2 active: f3=0 f4=0 f5=0 | 0 obj"
+         b2 active: f0=2 f1=2 f2=2 | 0 obj"
     );
     // Hours later: everything expired; of the skipped buckets only those still inside the
-    // window exist (empty), and only the current one has functions.
+    // window exist (empty). Bucket 2 expired too, so there is nothing to inherit: the current
+    // one draws from the pool.
     let fx = w.tick(300 * MIN);
     assert_eq!(fx.expired, vec![BucketId(0), BucketId(1), BucketId(2)]);
     assert_eq!(fx.evicted, vec!["a".to_string()]);
+    assert_eq!(fx.returned, f(&[0, 1, 2]));
+    assert!(fx.inherited.is_empty());
+    assert_eq!(fx.opened[0].bucket, BucketId(30));
     assert_eq!(
         w.snapshot().describe(),
         "b28 degraded:  | 0 obj\n\

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use policy::{Effects, FunctionId as PolicyFunction, LossAction, Placement, Policy};
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -72,6 +73,8 @@ struct WindowMetrics {
     memory_bytes: Gauge,
     stored_bytes: Gauge,
     objects: Gauge,
+    inherited: Counter,
+    drawn: Counter,
 }
 
 impl WindowMetrics {
@@ -112,6 +115,16 @@ impl WindowMetrics {
             "objects",
             "Objects the policy tracks in memory",
             m.objects.clone(),
+        );
+        r.register(
+            "inherited_functions",
+            "Functions a new bucket took over, with their chunks, from the previous one",
+            m.inherited.clone(),
+        );
+        r.register(
+            "drawn_functions",
+            "Functions drawn from the pool into a bucket",
+            m.drawn.clone(),
         );
         m
     }
@@ -232,12 +245,23 @@ impl MemoryManager {
         for b in &fx.degraded {
             debug!(bucket = b.0, "window bucket degraded");
         }
+        // Inherited functions keep their chunks and connections: nothing to do but note it.
+        for i in &fx.inherited {
+            info!(
+                from = i.from.0,
+                to = i.to.0,
+                functions = i.functions.len(),
+                "window bucket inherited functions that still take writes"
+            );
+            self.metrics.inherited.inc_by(i.functions.len() as u64);
+        }
         for g in fx.opened.iter().chain(&fx.scaled_out) {
             debug!(
                 bucket = g.bucket.0,
                 functions = g.functions.len(),
                 "window bucket grew"
             );
+            self.metrics.drawn.inc_by(g.functions.len() as u64);
         }
         for w in fx.warmups {
             let _ = self.actions.send(Action::Warmup(w.function.0));
