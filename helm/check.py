@@ -391,7 +391,7 @@ CHART_MANAGED = {
     "data_dir", "server.listen", "server.admin_listen", "auth.access_key", "auth.secret_key",
     "auth.keys[].access_key", "auth.keys[].secret_key", "backend.access_key", "backend.secret_key",
     "functions.lambda_access_key", "functions.lambda_secret_key", "functions.secret",
-    "functions.callback_listen", "functions.callback_advertise",
+    "functions.callback_listen", "functions.callback_advertise", "server.admin_token",
 }
 
 
