@@ -13,7 +13,7 @@ APT_INSTALL = $(SUDO) apt-get install -y -qq $(1) || { $(SUDO) apt-get update -q
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
 export no_proxy := $(NO_PROXY)
 
-.PHONY: run build test fmt fmt-check clippy venv debian-tools helm-check clean bench lambda-package
+.PHONY: run build test fmt fmt-check clippy venv debian-tools helm-check clean bench soak lambda-package
 
 ## run: build (release) and start the gateway with its embedded backing store
 run:
@@ -64,6 +64,12 @@ bench:
 	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian)"; $(call APT_INSTALL,redis-server); }
 	$(CARGO) build --release --bins
 	./target/release/bench --out target/bench $(BENCH_ARGS)
+
+## soak: clients writing and reading while functions are killed, then every key checked
+## (SOAK_ARGS="--minutes 10 --clients 32 --kill-every 10"; report in target/soak/soak.json)
+soak: venv
+	$(CARGO) build --release --bins
+	E2E_VENV=$(VENV) ./target/release/soak --out target/soak $(SOAK_ARGS)
 
 ## lambda-package: the deployable function, target/lambda/mem-function/bootstrap.zip
 lambda-package:
