@@ -698,6 +698,64 @@ pub async fn get_bytes(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Resul
     }
 }
 
+/// PutObject of `data`: the ETag, or `"Code: message"` of the failure.
+pub async fn put_bytes(
+    c: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    data: &[u8],
+) -> Result<String, String> {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    c.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(aws_sdk_s3::primitives::ByteStream::from(data.to_vec()))
+        .send()
+        .await
+        .map(|o| o.e_tag.unwrap_or_default())
+        .map_err(|e| {
+            format!(
+                "{}: {}",
+                e.code().unwrap_or("?"),
+                e.message().unwrap_or_default()
+            )
+        })
+}
+
+/// The `<Code>` of an S3 error body.
+pub fn error_code(body: &str) -> String {
+    body.split("<Code>")
+        .nth(1)
+        .and_then(|s| s.split("</Code>").next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs blocking work (raw sockets, CLI clients) off the async runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// A tier configuration with small pieces: `d = 4`, `p = 2` chunks of at most `chunk_size` on a
+/// pool of six 256 MB functions; `tier` goes into the `[tier]` table, `rest` after it.
+pub fn small_tier_config(chunk_size: &str, tier: &str, rest: &str) -> String {
+    format!(
+        r#"
+[tier]
+chunk_size = "{chunk_size}"
+data_chunks = 4
+parity_chunks = 2
+{tier}
+
+[functions]
+count = 6
+memory_mb = 256
+idle_tail = "3s"
+{rest}
+"#
+    )
+}
+
 /// Deterministic pseudo-random bytes (fast, for large payloads).
 pub fn payload(len: usize, seed: u64) -> Vec<u8> {
     use rand::{Rng, SeedableRng};

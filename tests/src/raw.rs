@@ -116,6 +116,41 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The head (request line and headers, `Connection: close`) of a signed request with an
+/// unsigned payload of `len` bytes.
+fn signed_head(method: &str, url: &str, len: u64, access_key: &str, secret_key: &str) -> String {
+    let (host, path) = split_url(url);
+    let len = len.to_string();
+    let signed = sign_headers(
+        method,
+        url,
+        &[("host", host.as_str()), ("content-length", len.as_str())],
+        SignableBody::UnsignedPayload,
+        access_key,
+        secret_key,
+    );
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\nHost: {host}\nContent-Length: {len}\nConnection: close\n"
+    );
+    for (k, v) in &signed {
+        head.push_str(&format!("{k}: {v}\n"));
+    }
+    head
+}
+
+/// A signed request (unsigned payload) of `method` to `url` with `body`, for what the SDK will
+/// not send (a key of only whitespace, say).
+pub fn signed_request(
+    method: &str,
+    url: &str,
+    body: &[u8],
+    access_key: &str,
+    secret_key: &str,
+) -> Response {
+    let head = signed_head(method, url, body.len() as u64, access_key, secret_key);
+    exchange(&split_url(url).0, &head, body, false)
+}
+
 /// A signed PUT (unsigned payload) sent in parts over one socket, to hold a request open with
 /// part of its body sent: [`SlowPut::start`], [`SlowPut::send`], [`SlowPut::finish`].
 pub struct SlowPut {
@@ -131,22 +166,9 @@ impl SlowPut {
         access_key: &str,
         secret_key: &str,
     ) -> Self {
-        let (host, path) = split_url(url);
-        let len = declared.to_string();
-        let signed = sign_headers(
-            "PUT",
-            url,
-            &[("host", host.as_str()), ("content-length", len.as_str())],
-            SignableBody::UnsignedPayload,
-            access_key,
-            secret_key,
-        );
-        let mut head = format!(
-            "PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len}\r\nConnection: close\r\n"
-        );
-        for (k, v) in &signed {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
+        let host = split_url(url).0;
+        let mut head =
+            signed_head("PUT", url, declared, access_key, secret_key).replace('\n', "\r\n");
         head.push_str("\r\n");
         let mut stream = TcpStream::connect(&host).expect("connect");
         stream

@@ -6,16 +6,9 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use integration_tests::raw::{self, split_url};
 use integration_tests::{
-    ACCESS_KEY, Backend, GatewayProc, SECRET_KEY, free_port, s3_client, unique_bucket,
+    ACCESS_KEY, Backend, GatewayProc, SECRET_KEY, blocking, error_code, free_port, s3_client,
+    unique_bucket,
 };
-
-fn code_of(body: &str) -> String {
-    body.split("<Code>")
-        .nth(1)
-        .and_then(|s| s.split("</Code>").next())
-        .unwrap_or_default()
-        .to_owned()
-}
 
 fn request_id_of(body: &str) -> String {
     body.split("<RequestId>")
@@ -23,10 +16,6 @@ fn request_id_of(body: &str) -> String {
         .and_then(|s| s.split("</RequestId>").next())
         .unwrap_or_default()
         .to_owned()
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +47,7 @@ async fn bad_requests_get_s3_errors() {
     .await;
     let body = String::from_utf8_lossy(&body).into_owned();
     assert_eq!(status, 403, "{body}");
-    assert_eq!(code_of(&body), "AccessDenied");
+    assert_eq!(error_code(&body), "AccessDenied");
     let header_id = headers
         .iter()
         .find(|(k, _)| k == "x-amz-request-id")
@@ -140,7 +129,7 @@ async fn bad_requests_get_s3_errors() {
     }
     let r = blocking(move || raw::exchange(&host, &head, &[b'x'; 400], true)).await;
     assert_eq!(r.status, 400, "{}", r.text());
-    assert_eq!(code_of(&r.text()), "IncompleteBody");
+    assert_eq!(error_code(&r.text()), "IncompleteBody");
     let err = client
         .head_object()
         .bucket(&bucket)

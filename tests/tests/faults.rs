@@ -8,48 +8,20 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::ProvideErrorMetadata;
-use aws_sdk_s3::primitives::ByteStream;
 use integration_tests::raw::{self, SlowPut};
 use integration_tests::{
     ACCESS_KEY, BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY, Backend, GatewayOptions, GatewayProc,
-    SECRET_KEY, Seaweed, get_bytes, payload, tool_or_skip, unique_bucket, weed_bin,
+    SECRET_KEY, Seaweed, blocking, error_code, get_bytes, payload, put_bytes, small_tier_config,
+    tool_or_skip, unique_bucket, weed_bin,
 };
 
 /// Pieces of 4 x 64 KiB + 2 parity chunks on 6 small functions.
 fn config(extra_tier: &str, extra: &str) -> String {
-    format!(
-        r#"
-[tier]
-chunk_size = "64KiB"
-data_chunks = 4
-parity_chunks = 2
-{extra_tier}
-
-[functions]
-count = 6
-memory_mb = 256
-idle_tail = "3s"
-{extra}
-"#
-    )
+    small_tier_config("64KiB", extra_tier, extra)
 }
 
 async fn put(c: &Client, bucket: &str, key: &str, data: &[u8]) -> Result<(), String> {
-    c.put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(ByteStream::from(data.to_vec()))
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "{}: {}",
-                e.code().unwrap_or("?"),
-                e.message().unwrap_or_default()
-            )
-        })
+    put_bytes(c, bucket, key, data).await.map(|_| ())
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -58,18 +30,6 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
-}
-
-fn code_of(body: &str) -> String {
-    body.split("<Code>")
-        .nth(1)
-        .and_then(|s| s.split("</Code>").next())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn seaweed_or_skip() -> bool {
@@ -364,26 +324,7 @@ async fn keys_the_bucket_refuses_are_refused_before_they_are_acknowledged() {
 async fn signed(method: &str, url: &str, body: &[u8], keys: (&str, &str)) -> raw::Response {
     let (method, url, body) = (method.to_owned(), url.to_owned(), body.to_vec());
     let (access, secret) = (keys.0.to_owned(), keys.1.to_owned());
-    blocking(move || {
-        let (host, path) = raw::split_url(&url);
-        let len = body.len().to_string();
-        let signed = raw::sign_headers(
-            &method,
-            &url,
-            &[("host", host.as_str()), ("content-length", len.as_str())],
-            aws_sigv4::http_request::SignableBody::UnsignedPayload,
-            &access,
-            &secret,
-        );
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\nHost: {host}\nContent-Length: {len}\nConnection: close\n"
-        );
-        for (k, v) in &signed {
-            head.push_str(&format!("{k}: {v}\n"));
-        }
-        raw::exchange(&host, &head, &body, false)
-    })
-    .await
+    blocking(move || raw::signed_request(&method, &url, &body, &access, &secret)).await
 }
 
 /// Issue 15.5: one PUT declaring a large length and sending 1 byte holds no journal space for
@@ -424,7 +365,7 @@ async fn a_declared_length_reserves_nothing_until_its_bytes_arrive() {
     let started = Instant::now();
     let r = blocking(move || stalled.finish()).await;
     assert_eq!(r.status, 400, "{}", r.text());
-    assert_eq!(code_of(&r.text()), "RequestTimeout", "{}", r.text());
+    assert_eq!(error_code(&r.text()), "RequestTimeout", "{}", r.text());
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(
         get_bytes(&c, &bucket, "stalled").await,
@@ -455,7 +396,12 @@ async fn client_faults_get_client_errors() {
     let url = format!("{}/{bucket}/chunked", gw.endpoint);
     let r = blocking(move || aws_chunked_put_with_bad_signatures(&url, &data)).await;
     assert_eq!(r.status, 403, "{}", r.text());
-    assert_eq!(code_of(&r.text()), "SignatureDoesNotMatch", "{}", r.text());
+    assert_eq!(
+        error_code(&r.text()),
+        "SignatureDoesNotMatch",
+        "{}",
+        r.text()
+    );
 
     for size in [100usize, 2 << 20] {
         for key in [

@@ -7,31 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::ProvideErrorMetadata;
-use aws_sdk_s3::primitives::ByteStream;
 use integration_tests::{
     Backend, GatewayOptions, GatewayProc, LambdaEmulator, Seaweed, free_port, get_bytes, md5_hex,
-    payload, s3_client, tool_or_skip, unique_bucket, weed_bin,
+    payload, put_bytes, s3_client, small_tier_config, tool_or_skip, unique_bucket, weed_bin,
 };
 use proptest::prelude::*;
 
 /// Small pieces (4 x 4 KiB data chunks + 2 parity) so that test objects span many pieces.
 fn tier_config(extra: &str) -> String {
-    format!(
-        r#"
-[tier]
-min_object_size = "1KiB"
-chunk_size = "4KiB"
-data_chunks = 4
-parity_chunks = 2
-{extra}
-
-[functions]
-count = 6
-memory_mb = 256
-idle_tail = "3s"
-"#
-    )
+    small_tier_config("4KiB", &format!("min_object_size = \"1KiB\"\n{extra}"), "")
 }
 
 async fn wait_persisted(gw: &GatewayProc, timeout: Duration) {
@@ -46,20 +30,7 @@ async fn wait_persisted(gw: &GatewayProc, timeout: Duration) {
 }
 
 async fn put(c: &Client, bucket: &str, key: &str, data: &[u8]) -> Result<String, String> {
-    c.put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(ByteStream::from(data.to_vec()))
-        .send()
-        .await
-        .map(|o| o.e_tag.unwrap_or_default())
-        .map_err(|e| {
-            format!(
-                "{}: {}",
-                e.code().unwrap_or("?"),
-                e.message().unwrap_or_default()
-            )
-        })
+    put_bytes(c, bucket, key, data).await
 }
 
 #[derive(Debug, Clone)]
@@ -352,8 +323,7 @@ async fn acknowledged_writes_survive_kill_9_of_everything() {
     let bucket = unique_bucket("kill9");
     c.create_bucket().bucket(&bucket).send().await.unwrap();
     // The bucket hangs: nothing can be persisted.
-    let weed_pid = nix::unistd::Pid::from_raw(weed.proc.pid() as i32);
-    nix::sys::signal::killpg(weed_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    weed.freeze();
     let objects: Vec<(String, Vec<u8>)> = (0..5)
         .map(|i| {
             (
@@ -382,7 +352,7 @@ async fn acknowledged_writes_survive_kill_9_of_everything() {
             "function process {p} survived"
         );
     }
-    nix::sys::signal::killpg(weed_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    weed.thaw();
 
     let gw = GatewayProc::start_with(
         "tier_kill9_restart",

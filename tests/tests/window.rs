@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
-use integration_tests::{Backend, GatewayOptions, GatewayProc, get_bytes, payload, unique_bucket};
+use integration_tests::{
+    Backend, GatewayOptions, GatewayProc, get_bytes, payload, small_tier_config, unique_bucket,
+};
 
 /// Length of a bucket.
 const BUCKET: Duration = Duration::from_secs(2);
@@ -22,23 +24,10 @@ const ROTATIONS: u64 = 5;
 /// 4 + 2 chunks of at most 4 KiB on a pool of 6 functions (d + p; the step is clamped to the
 /// pool), buckets of 2 s; every other policy setting is the default.
 fn window_config() -> String {
-    format!(
-        r#"
-[tier]
-min_object_size = "1KiB"
-chunk_size = "4KiB"
-data_chunks = 4
-parity_chunks = 2
-
-[functions]
-count = 6
-memory_mb = 256
-idle_tail = "3s"
-
-[policy]
-bucket = "{}s"
-"#,
-        BUCKET.as_secs()
+    small_tier_config(
+        "4KiB",
+        "min_object_size = \"1KiB\"",
+        &format!("[policy]\nbucket = \"{}s\"", BUCKET.as_secs()),
     )
 }
 
