@@ -400,9 +400,16 @@ def check_schema_covers_config(allowed: dict[str, type]) -> None:
     and nothing else: a field added to (or renamed in) the gateway shows up here."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     offered = set()
+
+    def walk(prefix: str, node: dict) -> None:
+        for key, sub in node.get("properties", {}).items():
+            if "properties" in sub:
+                walk(f"{prefix}.{key}", sub)
+            else:
+                offered.add(f"{prefix}.{key}")
+
     for section, sub in schema["properties"]["config"]["properties"].items():
-        for key in sub.get("properties", {}):
-            offered.add(f"{section}.{key}")
+        walk(section, sub)
     expected = set(allowed) - CHART_MANAGED
     for k in sorted(expected - offered):
         fail(f"values.schema.json: config.{k} (in gateway.example.toml) is missing; add it to the schema and values.yaml")

@@ -379,9 +379,6 @@ pub struct FunctionsConfig {
     /// How long a request waits for a function to be invoked and dial back. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Warm-up interval of functions that hold chunks. Default `1m`.
-    #[serde(with = "humantime_serde")]
-    pub warmup_interval: Duration,
     /// Embedded emulator: freeze idle instances (SIGSTOP). Default `true`.
     pub emulator_freeze: bool,
     /// Embedded emulator: reclaim instances idle this long. Default `30m`.
@@ -406,7 +403,6 @@ impl Default for FunctionsConfig {
             secret: String::new(),
             idle_tail: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
-            warmup_interval: Duration::from_secs(60),
             emulator_freeze: true,
             emulator_reclaim_after_idle: Duration::from_secs(30 * 60),
             function_binary: None,
@@ -421,74 +417,26 @@ impl FunctionsConfig {
     }
 }
 
-/// Which memory-management policy drives the tier.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum PolicyKind {
-    /// InfiniStore's sliding window of function buckets.
-    #[default]
-    SlidingWindow,
-    /// InfiniCache's fixed pool: every function warmed every `active_warmup`.
-    FixedPool,
-}
-
-/// The memory-management policy (`policy` crate). Pool size, function memory and `d + p` come
-/// from `[functions]` and `[tier]`; these are the window's own parameters, InfiniStore's values
-/// by default.
-#[derive(Debug, Clone, Deserialize)]
+/// The memory-management policy (the `policy` crate's own configuration types). The pool,
+/// function memory and `d + p` come from `[functions]` and `[tier]`
+/// ([`policy::WindowConfig::deployed`]); `[policy.window]` and `[policy.infinicache]` hold each
+/// policy's tunables, InfiniStore's and InfiniCache's values by default.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicySection {
-    /// `sliding-window` (default) or `fixed-pool`.
+    /// `sliding-window` (the default, InfiniStore) or `infinicache` (alias `fixed-pool`:
+    /// InfiniCache's fixed pool, every function warmed).
     pub kind: PolicyKind,
-    /// Length of a bucket: a new one starts this often. Default `10m`.
-    #[serde(with = "humantime_serde")]
-    pub bucket: Duration,
-    /// Buckets in the active window (warmed every `active_warmup`, recovered). Default 6.
-    pub active_buckets: u32,
-    /// Buckets kept in all (active + degraded); older ones expire. Default 18.
-    pub window_buckets: u32,
-    /// Warm-up interval of active functions (and of every function of a fixed pool). Default `1m`.
-    #[serde(with = "humantime_serde")]
-    pub active_warmup: Duration,
-    /// Warm-up interval of degraded functions. Default `5m`.
-    #[serde(with = "humantime_serde")]
-    pub degraded_warmup: Duration,
-    /// A GET always promotes an object this many buckets old or older. Default 6.
-    pub promote_always_age: u32,
-    /// A GET promotes an object at least this old with `promote_probability`. Default 3.
-    pub promote_maybe_age: u32,
-    /// Probability of promotion between the two ages. Default 0.5.
-    pub promote_probability: f64,
-    /// Occupancy above which a function stops taking writes. Default 0.9.
-    pub stop_writes_occupancy: f64,
-    /// Functions added to the current bucket when it fills (at least d + p, at most the pool).
-    /// Default 12.
-    pub scale_step: u32,
-    /// Memory each function keeps for its runtime, MB. Default 100.
-    pub reserved_mb: u32,
-    /// Seed of the policy's randomness (jitter, promotion coin flips). Default 0.
-    pub seed: u64,
+    /// The sliding window's tunables (`bucket`, `active_buckets`, `window_buckets`,
+    /// `active_warmup`, `degraded_warmup`, promotion ages and probability,
+    /// `stop_writes_occupancy`, `scale_step`, `reserved_mb`, `seed`).
+    pub window: policy::WindowConfig,
+    /// The fixed pool's tunables (`warmup`, `reserved_mb`, `seed`).
+    pub infinicache: policy::InfiniCacheConfig,
 }
 
-impl Default for PolicySection {
-    fn default() -> Self {
-        Self {
-            kind: PolicyKind::SlidingWindow,
-            bucket: Duration::from_secs(600),
-            active_buckets: 6,
-            window_buckets: 18,
-            active_warmup: Duration::from_secs(60),
-            degraded_warmup: Duration::from_secs(300),
-            promote_always_age: 6,
-            promote_maybe_age: 3,
-            promote_probability: 0.5,
-            stop_writes_occupancy: 0.9,
-            scale_step: 12,
-            reserved_mb: 100,
-            seed: 0,
-        }
-    }
-}
+/// Which policy: the policy crate's names.
+pub use policy::PolicyKind;
 
 /// Errors of loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -661,6 +609,12 @@ impl Config {
                 return invalid(format!("server.domains: invalid domain {d:?}"));
             }
         }
+        if !self.policy.kind.uses_functions() {
+            return invalid(format!(
+                "policy.kind: {:?} keeps nothing in function memory; use sliding-window or infinicache",
+                self.policy.kind.name()
+            ));
+        }
         Ok(())
     }
 }
@@ -697,6 +651,26 @@ mod tests {
             crate::credentials::DEFAULT_CHAIN_BUILT_IN,
             "empty keys: the default chain, when built in"
         );
+    }
+
+    #[test]
+    fn policy_sections_are_the_policy_crates_types() {
+        let cfg = Config::from_toml(
+            "[policy]\nkind = \"fixed-pool\"\n[policy.window]\nbucket = \"2m\"\n[policy.infinicache]\nwarmup = \"30s\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.policy.kind, PolicyKind::Infinicache);
+        assert_eq!(cfg.policy.window.bucket_ms, 120_000);
+        assert_eq!(cfg.policy.infinicache.warmup_ms, 30_000);
+        cfg.validate().unwrap();
+        // What the deployment decides is not a policy setting.
+        let err = Config::from_toml("[policy.window]\npool_size = 5\n", Path::new("t.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("pool_size"), "{err}");
+        let mut cfg = Config::default();
+        cfg.policy.kind = PolicyKind::Provisioned;
+        assert!(cfg.validate().is_err(), "a provisioned cluster holds nothing in functions");
     }
 
     #[test]

@@ -33,24 +33,36 @@ pub const DEFAULT_WARMUP_MS: Millis = 60 * 1000;
 pub const DEFAULT_JITTER_MS: Millis = 6 * 1000;
 
 /// Configuration of [`InfiniCache`].
+///
+/// As a configuration file reads it (the gateway's `[policy.infinicache]`): the pool's own
+/// tunables, durations as `"1m"` or milliseconds; what the deployment decides is set by
+/// [`InfiniCacheConfig::deployed`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InfiniCacheConfig {
     /// Functions in the fixed pool, ids `0..functions`.
+    #[serde(skip_deserializing)]
     pub functions: u32,
     /// Memory of each function, MB.
+    #[serde(skip_deserializing)]
     pub function_memory_mb: u32,
     /// Memory reserved for the runtime, MB.
     pub reserved_mb: u32,
     /// `d`.
+    #[serde(skip_deserializing)]
     pub data_chunks: u32,
     /// `p`.
+    #[serde(skip_deserializing)]
     pub parity_chunks: u32,
-    /// Warm-up interval (a function invoked for a request is not warmed again before it).
+    /// Warm-up interval (a function invoked for a request is not warmed again before it;
+    /// `warmup` in a configuration file).
+    #[serde(rename(deserialize = "warmup"), deserialize_with = "crate::types::millis")]
     pub warmup_ms: Millis,
     /// Warm-ups come up to this much early.
+    #[serde(skip_deserializing)]
     pub jitter_ms: Millis,
     /// Smaller objects bypass function memory.
+    #[serde(skip_deserializing)]
     pub min_object_bytes: u64,
     /// Seed of the RNG (placement, jitter).
     pub seed: u64,
@@ -73,6 +85,18 @@ impl Default for InfiniCacheConfig {
 }
 
 impl InfiniCacheConfig {
+    /// This configuration on `deployment`: its pool, function memory, code and smallest
+    /// object; warm-ups jittered by up to a tenth of their interval.
+    pub fn deployed(mut self, deployment: &crate::Deployment) -> Self {
+        self.functions = deployment.functions;
+        self.function_memory_mb = deployment.function_memory_mb;
+        self.data_chunks = deployment.data_chunks;
+        self.parity_chunks = deployment.parity_chunks;
+        self.min_object_bytes = deployment.min_object_bytes;
+        self.jitter_ms = self.warmup_ms / 10;
+        self
+    }
+
     /// Bytes of chunks one function may hold.
     pub fn capacity_bytes(&self) -> u64 {
         u64::from(self.function_memory_mb.saturating_sub(self.reserved_mb)) * MIB

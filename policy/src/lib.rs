@@ -110,13 +110,17 @@ pub fn pieces_for(size: u64, data_chunks: u32, max_chunk_bytes: u64) -> u32 {
 }
 
 /// Which policy, by its stable name.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 #[cfg_attr(feature = "sim-io", derive(clap::ValueEnum))]
 pub enum PolicyKind {
-    /// InfiniStore's sliding window.
+    /// InfiniStore's sliding window (the default).
+    #[default]
     SlidingWindow,
-    /// InfiniCache-style fixed pool.
+    /// InfiniCache-style fixed pool (`fixed-pool` reads as this too).
+    #[serde(alias = "fixed-pool")]
     Infinicache,
     /// ElastiCache-like provisioned cluster.
     Provisioned,
@@ -129,6 +133,11 @@ impl PolicyKind {
         PolicyKind::Infinicache,
         PolicyKind::Provisioned,
     ];
+
+    /// Whether the policy keeps objects in function memory (the provisioned cluster does not).
+    pub fn uses_functions(self) -> bool {
+        self != PolicyKind::Provisioned
+    }
 
     /// The stable name.
     pub fn name(self) -> &'static str {

@@ -10,6 +10,39 @@ use serde::Serialize;
 /// Milliseconds on the injected clock.
 pub type Millis = u64;
 
+/// Reads a duration into [`Millis`]: a human-readable string (`"10m"`, `"90s"`, `"1h 30m"`) or
+/// a number of milliseconds.
+pub(crate) fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Duration {
+        Text(String),
+        Millis(Millis),
+    }
+    match <Duration as serde::Deserialize>::deserialize(d)? {
+        Duration::Millis(ms) => Ok(ms),
+        Duration::Text(s) => humantime::parse_duration(&s)
+            .map(|d| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
+            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))),
+    }
+}
+
+/// What a deployment decides, not a policy: the functions, their memory, the code, and the
+/// smallest object the tier takes. See [`crate::WindowConfig::deployed`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    /// Deployed functions, ids `0..functions`.
+    pub functions: u32,
+    /// Memory of each function, MB.
+    pub function_memory_mb: u32,
+    /// `d`.
+    pub data_chunks: u32,
+    /// `p`.
+    pub parity_chunks: u32,
+    /// Smaller objects bypass function memory.
+    pub min_object_bytes: u64,
+}
+
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
 /// One gibibyte.

@@ -112,32 +112,52 @@ pub const DEFAULT_STOP_WRITES_OCCUPANCY: f64 = 0.9;
 pub const DEFAULT_MIN_OBJECT_BYTES: u64 = MIB;
 
 /// Configuration of [`SlidingWindow`]; defaults are InfiniStore's.
+///
+/// As a configuration file reads it (the gateway's `[policy.window]`): the window's own
+/// tunables, durations as `"10m"` or milliseconds. What the deployment decides — the pool,
+/// function memory, `d + p`, the smallest object, warm-up jitter — is not read from it but set
+/// by [`WindowConfig::deployed`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WindowConfig {
     /// Deployed functions, ids `0..pool_size`.
+    #[serde(skip_deserializing)]
     pub pool_size: u32,
     /// Memory of each function, MB (Lambda's MB: 1536 MB = 1.5 GB).
+    #[serde(skip_deserializing)]
     pub function_memory_mb: u32,
     /// Memory reserved for the runtime, MB; the rest holds chunks.
     pub reserved_mb: u32,
     /// `d`.
+    #[serde(skip_deserializing)]
     pub data_chunks: u32,
     /// `p`.
+    #[serde(skip_deserializing)]
     pub parity_chunks: u32,
-    /// Length of a bucket.
+    /// Length of a bucket (`bucket` in a configuration file).
+    #[serde(rename(deserialize = "bucket"), deserialize_with = "crate::types::millis")]
     pub bucket_ms: Millis,
     /// Buckets in the active window (including the current one).
     pub active_buckets: u32,
     /// Buckets kept in all (active + degraded); older ones expire.
     pub window_buckets: u32,
-    /// Warm-up interval in the active window.
+    /// Warm-up interval in the active window (`active_warmup`).
+    #[serde(
+        rename(deserialize = "active_warmup"),
+        deserialize_with = "crate::types::millis"
+    )]
     pub active_warmup_ms: Millis,
     /// Active warm-ups come up to this much early (uniform).
+    #[serde(skip_deserializing)]
     pub active_jitter_ms: Millis,
-    /// Warm-up interval of degraded buckets.
+    /// Warm-up interval of degraded buckets (`degraded_warmup`).
+    #[serde(
+        rename(deserialize = "degraded_warmup"),
+        deserialize_with = "crate::types::millis"
+    )]
     pub degraded_warmup_ms: Millis,
     /// Degraded warm-ups come up to this much early (uniform).
+    #[serde(skip_deserializing)]
     pub degraded_jitter_ms: Millis,
     /// A GET always promotes an object this many buckets old (or older).
     pub promote_always_age: u32,
@@ -150,6 +170,7 @@ pub struct WindowConfig {
     /// Functions added to the current bucket when it fills (>= d + p).
     pub scale_step: u32,
     /// Smaller objects bypass function memory.
+    #[serde(skip_deserializing)]
     pub min_object_bytes: u64,
     /// Seed of the RNG (jitter, promotion coin flips).
     pub seed: u64,
@@ -182,6 +203,24 @@ impl Default for WindowConfig {
 }
 
 impl WindowConfig {
+    /// This configuration on `deployment`: its pool, function memory, code and smallest
+    /// object; warm-ups jittered by up to a tenth of their interval; the scale step clamped to
+    /// the pool and to at least `d + p`.
+    pub fn deployed(mut self, deployment: &Deployment) -> Self {
+        self.pool_size = deployment.functions;
+        self.function_memory_mb = deployment.function_memory_mb;
+        self.data_chunks = deployment.data_chunks;
+        self.parity_chunks = deployment.parity_chunks;
+        self.min_object_bytes = deployment.min_object_bytes;
+        self.active_jitter_ms = self.active_warmup_ms / 10;
+        self.degraded_jitter_ms = self.degraded_warmup_ms / 10;
+        self.scale_step = self
+            .scale_step
+            .min(deployment.functions)
+            .max(deployment.data_chunks + deployment.parity_chunks);
+        self
+    }
+
     /// Bytes of chunks one function may hold.
     pub fn capacity_bytes(&self) -> u64 {
         u64::from(self.function_memory_mb.saturating_sub(self.reserved_mb)) * MIB
@@ -1115,5 +1154,36 @@ impl Policy for SlidingWindow {
             functions,
             stats: self.stats(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configuration_file_sets_tunables_not_the_deployment() {
+        let cfg: WindowConfig =
+            serde_json::from_str(r#"{"bucket": "2m", "active_warmup": 1500, "scale_step": 40}"#)
+                .unwrap();
+        assert_eq!(cfg.bucket_ms, 120_000);
+        assert_eq!(cfg.active_warmup_ms, 1_500);
+        for field in ["pool_size", "data_chunks", "active_jitter_ms", "bucket_ms"] {
+            let err = serde_json::from_str::<WindowConfig>(&format!(r#"{{"{field}": 1}}"#))
+                .expect_err(field)
+                .to_string();
+            assert!(err.contains("unknown field"), "{field}: {err}");
+        }
+        let d = cfg.deployed(&Deployment {
+            functions: 24,
+            function_memory_mb: 512,
+            data_chunks: 4,
+            parity_chunks: 2,
+            min_object_bytes: 1024,
+        });
+        assert_eq!((d.pool_size, d.data_chunks, d.parity_chunks), (24, 4, 2));
+        assert_eq!(d.scale_step, 24, "clamped to the pool");
+        assert_eq!(d.active_jitter_ms, 150, "a tenth of the interval");
+        SlidingWindow::new(d).expect("valid");
     }
 }

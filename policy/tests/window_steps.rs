@@ -569,13 +569,18 @@ fn configs_are_validated() {
         .is_err()
     );
     assert!(SlidingWindow::new(WindowConfig::default()).is_ok());
-    // The enum picks the policy at run time, e.g. from the gateway's TOML/JSON config.
+    // The enum picks the policy at run time, e.g. from a TOML/JSON config; the pool and the
+    // code are the deployment's, not read from it.
     let cfg: PolicyConfig =
-        serde_json::from_str(r#"{"kind": "sliding-window", "bucket_ms": 300000}"#).unwrap();
+        serde_json::from_str(r#"{"kind": "sliding-window", "bucket": "5m"}"#).unwrap();
     let p = cfg.build().unwrap();
     assert_eq!(p.name(), "sliding-window");
+    assert!(
+        serde_json::from_str::<PolicyConfig>(r#"{"kind": "infinicache", "functions": 3}"#)
+            .is_err()
+    );
     let bad: PolicyConfig =
-        serde_json::from_str(r#"{"kind": "infinicache", "functions": 3}"#).unwrap();
+        serde_json::from_str(r#"{"kind": "infinicache", "warmup": 0}"#).unwrap();
     assert!(bad.build().is_err());
 }
 

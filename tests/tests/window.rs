@@ -27,7 +27,7 @@ fn window_config() -> String {
     small_tier_config(
         "4KiB",
         "min_object_size = \"1KiB\"",
-        &format!("[policy]\nbucket = \"{}s\"", BUCKET.as_secs()),
+        &format!("[policy.window]\nbucket = \"{}s\"", BUCKET.as_secs()),
     )
 }
 

@@ -24,6 +24,7 @@ use super::index::FunctionId;
 use super::{Placer, Relocation};
 use crate::config::{Config, PolicyKind};
 
+
 /// Longest time between two ticks.
 pub const TICK_MAX: Duration = Duration::from_secs(1);
 /// How often functions' occupancy is reported to the policy.
@@ -156,46 +157,19 @@ impl MemoryManager {
         cfg: &Config,
         registry: &mut Registry,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Action>), crate::config::ConfigError> {
+        let deployment = policy::Deployment {
+            functions: cfg.functions.count,
+            function_memory_mb: cfg.functions.memory_mb,
+            data_chunks: u32::try_from(cfg.tier.data_chunks).unwrap_or(u32::MAX),
+            parity_chunks: u32::try_from(cfg.tier.parity_chunks).unwrap_or(u32::MAX),
+            min_object_bytes: cfg.tier.min_object_size.as_u64(),
+        };
         let p = &cfg.policy;
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let built = match p.kind {
-            PolicyKind::SlidingWindow => {
-                policy::PolicyConfig::SlidingWindow(policy::WindowConfig {
-                    pool_size: cfg.functions.count,
-                    function_memory_mb: cfg.functions.memory_mb,
-                    reserved_mb: p.reserved_mb,
-                    data_chunks: u32::try_from(cfg.tier.data_chunks).unwrap_or(u32::MAX),
-                    parity_chunks: u32::try_from(cfg.tier.parity_chunks).unwrap_or(u32::MAX),
-                    bucket_ms: ms(p.bucket),
-                    active_buckets: p.active_buckets,
-                    window_buckets: p.window_buckets,
-                    active_warmup_ms: ms(p.active_warmup),
-                    active_jitter_ms: ms(p.active_warmup) / 10,
-                    degraded_warmup_ms: ms(p.degraded_warmup),
-                    degraded_jitter_ms: ms(p.degraded_warmup) / 10,
-                    promote_always_age: p.promote_always_age,
-                    promote_maybe_age: p.promote_maybe_age,
-                    promote_probability: p.promote_probability,
-                    stop_writes_occupancy: p.stop_writes_occupancy,
-                    // At least d + p (one piece), at most the pool.
-                    scale_step: p.scale_step.min(cfg.functions.count).max(
-                        u32::try_from(cfg.tier.data_chunks + cfg.tier.parity_chunks).unwrap_or(0),
-                    ),
-                    min_object_bytes: cfg.tier.min_object_size.as_u64(),
-                    seed: p.seed,
-                })
+            PolicyKind::Infinicache => {
+                policy::PolicyConfig::Infinicache(p.infinicache.clone().deployed(&deployment))
             }
-            PolicyKind::FixedPool => policy::PolicyConfig::Infinicache(policy::InfiniCacheConfig {
-                functions: cfg.functions.count,
-                function_memory_mb: cfg.functions.memory_mb,
-                reserved_mb: p.reserved_mb,
-                data_chunks: u32::try_from(cfg.tier.data_chunks).unwrap_or(u32::MAX),
-                parity_chunks: u32::try_from(cfg.tier.parity_chunks).unwrap_or(u32::MAX),
-                warmup_ms: ms(p.active_warmup),
-                jitter_ms: ms(p.active_warmup) / 10,
-                min_object_bytes: cfg.tier.min_object_size.as_u64(),
-                seed: p.seed,
-            }),
+            _ => policy::PolicyConfig::SlidingWindow(p.window.clone().deployed(&deployment)),
         }
         .build()
         .map_err(|e| crate::config::ConfigError::Invalid(format!("policy: {e}")))?;

@@ -192,10 +192,23 @@ Returns YAML of a dict (fromYaml it).
 [{{ $s }}]
 {{- range $k := keys $sec | sortAlpha }}
 {{- $v := index $sec $k }}
-{{- if kindIs "map" $v }}
-{{- fail (printf "config.%s.%s: nested tables are not supported here" $s $k) }}
-{{- else if not (kindIs "invalid" $v) }}
+{{- if and (not (kindIs "map" $v)) (not (kindIs "invalid" $v)) }}
 {{ $k }} = {{ include "s3-gateway.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- range $k := keys $sec | sortAlpha }}
+{{- $sub := index $sec $k }}
+{{- if kindIs "map" $sub }}
+
+[{{ $s }}.{{ $k }}]
+{{- range $kk := keys $sub | sortAlpha }}
+{{- $v := index $sub $kk }}
+{{- if kindIs "map" $v }}
+{{- fail (printf "config.%s.%s.%s: nested tables are not supported here" $s $k $kk) }}
+{{- else if not (kindIs "invalid" $v) }}
+{{ $kk }} = {{ include "s3-gateway.tomlValue" $v }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
