@@ -111,7 +111,7 @@ pub async fn start(cfg: &Config) -> Result<Gateway, GatewayError> {
         Some(h) => backend::KeyRules::Embedded(h.store.clone()),
         None => backend::KeyRules::Portable,
     };
-    let gateway = s3::Gateway::new(&backend, cfg.server.region.clone(), tier.clone(), keys);
+    let gateway = s3::S3Handler::new(&backend, cfg.server.region.clone(), tier.clone(), keys);
     let mut builder = S3ServiceBuilder::new(gateway);
     builder.set_auth(auth::client_keys(&cfg.auth));
     builder.set_access(auth::GatewayAccess {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, ensure};
 use crate::schedule::Schedule;
-use crate::store::{ChunkStore, Obj, Slot};
+use crate::store::{ChunkTable, Obj, ObjRef};
 use crate::types::*;
 
 /// Policy name.
@@ -130,8 +130,8 @@ impl InfiniCacheConfig {
 pub struct InfiniCache {
     cfg: InfiniCacheConfig,
     rng: ChaCha8Rng,
-    store: ChunkStore,
-    lru: BTreeMap<u64, Slot>,
+    store: ChunkTable,
+    lru: BTreeMap<u64, ObjRef>,
     stamp: u64,
     schedule: Schedule,
     started: bool,
@@ -145,7 +145,7 @@ impl InfiniCache {
         cfg.validate()?;
         Ok(InfiniCache {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
-            store: ChunkStore::new(cfg.functions),
+            store: ChunkTable::new(cfg.functions),
             lru: BTreeMap::new(),
             stamp: 0,
             schedule: Schedule::new(cfg.functions),
@@ -187,7 +187,7 @@ impl InfiniCache {
         self.schedule.set(f, now + self.cfg.warmup_ms - early);
     }
 
-    fn bump(&mut self, slot: Slot) {
+    fn bump(&mut self, slot: ObjRef) {
         let old = self.store.obj(slot).tag;
         self.lru.remove(&old);
         self.stamp += 1;
@@ -195,7 +195,7 @@ impl InfiniCache {
         self.store.obj_mut(slot).tag = self.stamp;
     }
 
-    fn remove_object(&mut self, slot: Slot) -> Obj {
+    fn remove_object(&mut self, slot: ObjRef) -> Obj {
         self.lru.remove(&self.store.obj(slot).tag);
         self.store.remove(slot)
     }

@@ -10,8 +10,8 @@ use crate::types::FunctionId;
 /// SipHash with fixed keys: deterministic across runs (we never iterate the map anyway).
 type FixedState = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
-/// Slot of an object in the store.
-pub(crate) type Slot = u32;
+/// Handle of an object in the table.
+pub(crate) type ObjRef = u32;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Obj {
@@ -37,22 +37,22 @@ impl Obj {
 #[derive(Debug, Clone, Default)]
 struct FnMem {
     used: u64,
-    chunks: BTreeSet<(Slot, u32)>,
+    chunks: BTreeSet<(ObjRef, u32)>,
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct ChunkStore {
+pub(crate) struct ChunkTable {
     objs: Vec<Option<Obj>>,
-    free: Vec<Slot>,
-    index: HashMap<Box<str>, Slot, FixedState>,
+    free: Vec<ObjRef>,
+    index: HashMap<Box<str>, ObjRef, FixedState>,
     fns: Vec<FnMem>,
     stored: u64,
     count: u64,
 }
 
-impl ChunkStore {
+impl ChunkTable {
     pub fn new(functions: u32) -> Self {
-        ChunkStore {
+        ChunkTable {
             objs: Vec::new(),
             free: Vec::new(),
             index: HashMap::default(),
@@ -62,15 +62,15 @@ impl ChunkStore {
         }
     }
 
-    pub fn slot(&self, key: &str) -> Option<Slot> {
+    pub fn slot(&self, key: &str) -> Option<ObjRef> {
         self.index.get(key).copied()
     }
 
-    pub fn obj(&self, slot: Slot) -> &Obj {
+    pub fn obj(&self, slot: ObjRef) -> &Obj {
         self.objs[slot as usize].as_ref().expect("live slot")
     }
 
-    pub fn obj_mut(&mut self, slot: Slot) -> &mut Obj {
+    pub fn obj_mut(&mut self, slot: ObjRef) -> &mut Obj {
         self.objs[slot as usize].as_mut().expect("live slot")
     }
 
@@ -83,7 +83,7 @@ impl ChunkStore {
     }
 
     /// Chunks on `f`, in (slot, index) order.
-    pub fn chunks_on(&self, f: FunctionId) -> impl Iterator<Item = (Slot, u32)> + '_ {
+    pub fn chunks_on(&self, f: FunctionId) -> impl Iterator<Item = (ObjRef, u32)> + '_ {
         self.fns[f.index()].chunks.iter().copied()
     }
 
@@ -96,13 +96,13 @@ impl ChunkStore {
     }
 
     /// Inserts an object whose chunks are all placed. The key must not be present.
-    pub fn insert(&mut self, obj: Obj) -> Slot {
+    pub fn insert(&mut self, obj: Obj) -> ObjRef {
         debug_assert!(!self.index.contains_key(&obj.key));
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
                 self.objs.push(None);
-                (self.objs.len() - 1) as Slot
+                (self.objs.len() - 1) as ObjRef
             }
         };
         for (i, f) in obj.chunks.iter().enumerate() {
@@ -120,7 +120,7 @@ impl ChunkStore {
     }
 
     /// Removes an object and frees its chunks.
-    pub fn remove(&mut self, slot: Slot) -> Obj {
+    pub fn remove(&mut self, slot: ObjRef) -> Obj {
         let obj = self.objs[slot as usize].take().expect("live slot");
         for (i, f) in obj.chunks.iter().enumerate() {
             if let Some(f) = f {
@@ -137,7 +137,7 @@ impl ChunkStore {
     }
 
     /// Moves chunk `index` of `slot` to `to` (from wherever it was, or from nowhere if lost).
-    pub fn move_chunk(&mut self, slot: Slot, index: u32, to: FunctionId) {
+    pub fn move_chunk(&mut self, slot: ObjRef, index: u32, to: FunctionId) {
         let obj = self.objs[slot as usize].as_mut().expect("live slot");
         let size = obj.chunk_size;
         if let Some(from) = obj.chunks[index as usize] {
@@ -154,9 +154,9 @@ impl ChunkStore {
     }
 
     /// `f`'s memory is gone: marks its chunks lost and returns the slots that had chunks there.
-    pub fn lose_function(&mut self, f: FunctionId) -> Vec<Slot> {
+    pub fn lose_function(&mut self, f: FunctionId) -> Vec<ObjRef> {
         let m = std::mem::take(&mut self.fns[f.index()]);
-        let mut slots: Vec<Slot> = Vec::new();
+        let mut slots: Vec<ObjRef> = Vec::new();
         for (slot, index) in m.chunks {
             let obj = self.objs[slot as usize].as_mut().expect("live slot");
             obj.chunks[index as usize] = None;

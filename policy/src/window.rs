@@ -74,7 +74,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, ensure};
 use crate::schedule::Schedule;
-use crate::store::{ChunkStore, Obj, Slot};
+use crate::store::{ChunkTable, Obj, ObjRef};
 use crate::types::*;
 
 /// Policy name.
@@ -319,7 +319,7 @@ struct Bucket {
     /// Whether it has drawn functions from the pool yet (`opened` vs `scaled_out`).
     drew: bool,
     /// Objects tagged with this bucket, by when they joined it (oldest first).
-    objects: BTreeMap<u64, Slot>,
+    objects: BTreeMap<u64, ObjRef>,
 }
 
 /// How far [`SlidingWindow::place`] may go to find room.
@@ -338,7 +338,7 @@ enum Room {
 pub struct SlidingWindow {
     cfg: WindowConfig,
     rng: ChaCha8Rng,
-    store: ChunkStore,
+    store: ChunkTable,
     fns: Vec<FnState>,
     pool: BTreeSet<u32>,
     buckets: VecDeque<Bucket>,
@@ -360,7 +360,7 @@ impl SlidingWindow {
         let capacity = cfg.capacity_bytes();
         Ok(SlidingWindow {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
-            store: ChunkStore::new(cfg.pool_size),
+            store: ChunkTable::new(cfg.pool_size),
             fns: vec![FnState::default(); cfg.pool_size as usize],
             pool: (0..cfg.pool_size).collect(),
             buckets: VecDeque::new(),
@@ -735,7 +735,7 @@ impl SlidingWindow {
     }
 
     /// Tags `slot` with the current bucket (a new object, or a promotion).
-    fn join_current(&mut self, slot: Slot) {
+    fn join_current(&mut self, slot: ObjRef) {
         let seq = self.next_join;
         self.next_join += 1;
         let i = slot as usize;
@@ -751,7 +751,7 @@ impl SlidingWindow {
             .insert(seq, slot);
     }
 
-    fn leave_bucket(&mut self, slot: Slot) {
+    fn leave_bucket(&mut self, slot: ObjRef) {
         let tag = self.store.obj(slot).tag;
         let seq = self.joined[slot as usize];
         if let Some(b) = self.bucket_mut(tag) {
@@ -759,7 +759,7 @@ impl SlidingWindow {
         }
     }
 
-    fn remove_object(&mut self, slot: Slot) -> Obj {
+    fn remove_object(&mut self, slot: ObjRef) -> Obj {
         self.leave_bucket(slot);
         let obj = self.store.remove(slot);
         self.freed(&obj);

@@ -9,10 +9,10 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::error::{not_found_as, upstream_error};
 
-use super::{Gateway, proxied};
+use super::{S3Handler, proxied};
 
 pub(super) async fn create_bucket(
-    gw: &Gateway,
+    gw: &S3Handler,
     req: S3Request<CreateBucketInput>,
 ) -> S3Result<S3Response<CreateBucketOutput>> {
     let bucket = req.input.bucket.clone();
@@ -24,7 +24,7 @@ pub(super) async fn create_bucket(
 }
 
 pub(super) async fn delete_bucket(
-    gw: &Gateway,
+    gw: &S3Handler,
     req: S3Request<DeleteBucketInput>,
 ) -> S3Result<S3Response<DeleteBucketOutput>> {
     let bucket = req.input.bucket.clone();
@@ -48,7 +48,7 @@ pub(super) async fn delete_bucket(
 }
 
 pub(super) async fn head_bucket(
-    gw: &Gateway,
+    gw: &S3Handler,
     req: S3Request<HeadBucketInput>,
 ) -> S3Result<S3Response<HeadBucketOutput>> {
     proxied!(gw, head_bucket, req, HeadBucketError)
@@ -58,7 +58,7 @@ pub(super) async fn head_bucket(
 /// whatever region the backing store is in (some S3-compatible stores also answer this
 /// operation with a body the SDK cannot read).
 pub(super) async fn get_bucket_location(
-    gw: &Gateway,
+    gw: &S3Handler,
     req: S3Request<GetBucketLocationInput>,
 ) -> S3Result<S3Response<GetBucketLocationOutput>> {
     gw.client
@@ -83,7 +83,7 @@ pub(super) async fn get_bucket_location(
 }
 
 pub(super) async fn list_buckets(
-    gw: &Gateway,
+    gw: &S3Handler,
     req: S3Request<ListBucketsInput>,
 ) -> S3Result<S3Response<ListBucketsOutput>> {
     proxied!(gw, list_buckets, req, ListBucketsError)

@@ -5,10 +5,10 @@ use aws_sdk_s3::operation::copy_object::CopyObjectError;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
-use super::{Gateway, proxied};
+use super::{S3Handler, proxied};
 
 pub(super) async fn copy_object(
-    gw: &Gateway,
+    gw: &S3Handler,
     req: S3Request<CopyObjectInput>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {
     if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {

@@ -7,14 +7,14 @@ use aws_sdk_s3::operation::{delete_object::DeleteObjectError, delete_objects::De
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
-use super::{Gateway, proxied};
+use super::{S3Handler, proxied};
 use crate::tier::{Deletion, WriteGuard};
 
 /// A key with unpersisted writes is deleted through the journal (after them, in order);
 /// any other key in the bucket directly, in the key's commit order. A versioned delete is the
 /// bucket's business: the key's writes go there first.
 pub(super) async fn delete_object(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<DeleteObjectInput>,
 ) -> S3Result<S3Response<DeleteObjectOutput>> {
     let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
@@ -43,7 +43,7 @@ pub(super) async fn delete_object(
 /// to the bucket, each in its key's commit order (the keys' commit locks are taken in sorted
 /// order, so two requests never wait for each other in a cycle); the answer lists them all.
 pub(super) async fn delete_objects(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<DeleteObjectsInput>,
 ) -> S3Result<S3Response<DeleteObjectsOutput>> {
     let Some(tier) = &gw.tier else {

@@ -6,13 +6,13 @@ use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use super::conditions::conditions_of;
-use super::{Gateway, proxied, tiered};
+use super::{S3Handler, proxied, tiered};
 use crate::error::{not_found_as, upstream_error};
 use crate::tier::index::{CachedObject, Slot};
 use crate::tier::{Range, Tier};
 
 pub(super) async fn get_object(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<GetObjectInput>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let cond = conditions_of!(req.input);
@@ -116,7 +116,7 @@ fn serve_from_tier(
 }
 
 pub(super) async fn head_object(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<HeadObjectInput>,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let cond = conditions_of!(req.input);
@@ -151,7 +151,7 @@ pub(super) async fn head_object(
 
 /// A store may answer NoSuchKey for an object in a bucket that does not exist (s3s-fs does);
 /// S3 answers NoSuchBucket. Checked only on that error path.
-async fn missing_bucket_or(gw: &Gateway, bucket: &str, e: S3Error) -> S3Error {
+async fn missing_bucket_or(gw: &S3Handler, bucket: &str, e: S3Error) -> S3Error {
     if *e.code() != S3ErrorCode::NoSuchKey {
         return e;
     }
@@ -222,7 +222,7 @@ fn not_found_is_no_such_key(e: S3Error) -> S3Error {
 /// Answered from the backing store's HeadObject, so it works with every S3-compatible store
 /// (s3s-fs has no GetObjectAttributes). ObjectParts reports the part count only.
 pub(super) async fn get_object_attributes(
-    gw: &Gateway,
+    gw: &S3Handler,
     req: S3Request<GetObjectAttributesInput>,
 ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
     let input = req.input;

@@ -9,7 +9,7 @@ use percent_encoding::utf8_percent_encode;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
-use super::{Gateway, proxied};
+use super::{S3Handler, proxied};
 
 use crate::backend::KEY_SET;
 
@@ -58,7 +58,7 @@ fn no_empty_delimiter(d: &mut Option<Delimiter>) {
 
 /// Listings come from the bucket: acknowledged writes under the prefix go there first, so a
 /// listing shows every write acknowledged before it.
-async fn flush_listed(gw: &Gateway, bucket: &str, prefix: Option<&str>) -> S3Result<()> {
+async fn flush_listed(gw: &S3Handler, bucket: &str, prefix: Option<&str>) -> S3Result<()> {
     match &gw.tier {
         Some(t) => t.flush_prefix(bucket, prefix.unwrap_or("")).await,
         None => Ok(()),
@@ -75,7 +75,7 @@ fn encode_objects(contents: &mut Option<Vec<Object>>, prefixes: &mut Option<Vec<
 }
 
 pub(super) async fn list_objects(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<ListObjectsInput>,
 ) -> S3Result<S3Response<ListObjectsOutput>> {
     let enc = ListEncoding::take(&mut req.input.encoding_type);
@@ -99,7 +99,7 @@ pub(super) async fn list_objects(
 }
 
 pub(super) async fn list_objects_v2(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<ListObjectsV2Input>,
 ) -> S3Result<S3Response<ListObjectsV2Output>> {
     let enc = ListEncoding::take(&mut req.input.encoding_type);

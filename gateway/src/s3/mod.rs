@@ -1,4 +1,5 @@
-//! The S3 surface: [`Gateway`] implements `s3s::S3`.
+//! The S3 surface: [`S3Handler`] implements `s3s::S3` (the running process, with its servers,
+//! is [`crate::Gateway`]).
 //!
 //! Every operation listed here is either implemented by the gateway or explicitly delegated to
 //! the backing store through `s3s_aws::Proxy` (with the gateway's error mapping, see
@@ -49,8 +50,8 @@ macro_rules! proxied {
 }
 pub(crate) use proxied;
 
-/// The gateway's S3 service: buckets map 1:1 onto the backing store's.
-pub struct Gateway {
+/// The gateway's S3 operations (`s3s::S3`): buckets map 1:1 onto the backing store's.
+pub struct S3Handler {
     /// Forwards operations to the backing store, converting s3s types to the SDK's.
     pub(crate) proxy: s3s_aws::Proxy,
     /// The same, for requests streaming a large body from the client.
@@ -65,7 +66,7 @@ pub struct Gateway {
     pub(crate) keys: crate::backend::KeyRules,
 }
 
-impl Gateway {
+impl S3Handler {
     /// A gateway in front of the store `client` talks to, reporting `region`, with the tier
     /// in front of it when given.
     pub fn new(
@@ -118,7 +119,7 @@ impl Gateway {
 }
 
 #[async_trait::async_trait]
-impl S3 for Gateway {
+impl S3 for S3Handler {
     // --- buckets (bucket.rs)
     #[tracing::instrument(skip_all, fields(bucket = %req.input.bucket))]
     async fn create_bucket(

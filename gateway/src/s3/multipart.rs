@@ -12,10 +12,10 @@ use s3s::{S3, S3Request, S3Response, S3Result};
 
 use super::list::{ListEncoding, encode_opt};
 use super::put::{body_length, strip_aws_chunked};
-use super::{Gateway, proxied};
+use super::{S3Handler, proxied};
 
 pub(super) async fn create_multipart_upload(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<CreateMultipartUploadInput>,
 ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
     req.input.content_encoding = strip_aws_chunked(req.input.content_encoding.take());
@@ -23,7 +23,7 @@ pub(super) async fn create_multipart_upload(
 }
 
 pub(super) async fn upload_part(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<UploadPartInput>,
 ) -> S3Result<S3Response<UploadPartOutput>> {
     req.input.content_length = body_length(&req.headers, req.input.content_length);
@@ -31,7 +31,7 @@ pub(super) async fn upload_part(
 }
 
 pub(super) async fn upload_part_copy(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<UploadPartCopyInput>,
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
     if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
@@ -43,7 +43,7 @@ pub(super) async fn upload_part_copy(
 /// The assembled object replaces the key: its earlier writes go to the bucket first, and the
 /// tier forgets the key (a later read admits the new object).
 pub(super) async fn complete_multipart_upload(
-    gw: &Gateway,
+    gw: &S3Handler,
     req: S3Request<CompleteMultipartUploadInput>,
 ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
     let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
@@ -60,21 +60,21 @@ pub(super) async fn complete_multipart_upload(
 }
 
 pub(super) async fn abort_multipart_upload(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<AbortMultipartUploadInput>,
 ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
     proxied!(gw, abort_multipart_upload, keyed req, AbortMultipartUploadError)
 }
 
 pub(super) async fn list_parts(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<ListPartsInput>,
 ) -> S3Result<S3Response<ListPartsOutput>> {
     proxied!(gw, list_parts, keyed req, ListPartsError)
 }
 
 pub(super) async fn list_multipart_uploads(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<ListMultipartUploadsInput>,
 ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
     let enc = ListEncoding::take(&mut req.input.encoding_type);

@@ -9,11 +9,11 @@ use http::HeaderMap;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
-use super::{Gateway, proxied, tiered};
+use super::{S3Handler, proxied, tiered};
 use crate::tier::check::BodyCheck;
 
 pub(super) async fn put_object(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<PutObjectInput>,
 ) -> S3Result<S3Response<PutObjectOutput>> {
     let input = &mut req.input;
@@ -72,7 +72,7 @@ pub(super) async fn put_object(
 /// the bucket is known to refuse (S3's limits on metadata and tags, keys the backing store
 /// cannot hold) is refused now with the bucket's error; a key not every store takes is passed
 /// through (`false`), so the bucket answers for it.
-async fn bucket_takes(gw: &Gateway, input: &PutObjectInput) -> S3Result<bool> {
+async fn bucket_takes(gw: &S3Handler, input: &PutObjectInput) -> S3Result<bool> {
     tiered::check_put_limits(input)?;
     match gw.keys.check(&input.bucket, &input.key).await {
         crate::backend::KeyFit::Holds => Ok(true),

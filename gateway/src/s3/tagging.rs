@@ -7,10 +7,10 @@ use aws_sdk_s3::operation::{
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
-use super::{Gateway, proxied};
+use super::{S3Handler, proxied};
 
 pub(super) async fn get_object_tagging(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<GetObjectTaggingInput>,
 ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
     gw.flushed(&req.input.bucket, &[req.input.key.as_str()])
@@ -19,7 +19,7 @@ pub(super) async fn get_object_tagging(
 }
 
 pub(super) async fn put_object_tagging(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<PutObjectTaggingInput>,
 ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
     gw.flushed(&req.input.bucket, &[req.input.key.as_str()])
@@ -28,7 +28,7 @@ pub(super) async fn put_object_tagging(
 }
 
 pub(super) async fn delete_object_tagging(
-    gw: &Gateway,
+    gw: &S3Handler,
     mut req: S3Request<DeleteObjectTaggingInput>,
 ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
     gw.flushed(&req.input.bucket, &[req.input.key.as_str()])
