@@ -627,6 +627,12 @@ impl ChunkId {
         ChunkId(b.freeze())
     }
 
+    /// The same id in an allocation of its own. An id decoded from a frame shares the frame's
+    /// receive buffer; a store that keeps it as a key would keep that whole buffer alive.
+    pub fn detached(&self) -> ChunkId {
+        ChunkId(Bytes::copy_from_slice(&self.0))
+    }
+
     /// The parts of an id made by [`ChunkId::for_object`].
     pub fn object_parts(&self) -> Option<(u128, u32, u16)> {
         if self.0.len() != Self::OBJECT_LEN {
