@@ -35,7 +35,7 @@ fn rss(pid: u32) -> u64 {
 /// (100 KiB – 1 MiB), some small ones, a few large ones; odd lengths. The mix shifts from
 /// cycle to cycle (the workload's object sizes do), so the holes evictions leave are often
 /// the wrong size for the next chunks.
-fn chunk_len(rng: &mut StdRng, cycle: usize) -> usize {
+fn tier_chunk_len(rng: &mut StdRng, cycle: usize) -> usize {
     match (rng.random_range(0..10), cycle % 3) {
         (0 | 1, _) => rng.random_range(1_000..64 * 1024),
         (2, _) => rng.random_range(1 << 20..3 << 20),
@@ -45,11 +45,24 @@ fn chunk_len(rng: &mut StdRng, cycle: usize) -> usize {
     }
 }
 
+/// Small chunks only (a tier configured with small chunks), alternating between two size
+/// ranges: all on the heap, where evictions leave holes of the wrong size.
+fn small_chunk_len(rng: &mut StdRng, cycle: usize) -> usize {
+    if cycle.is_multiple_of(2) {
+        rng.random_range(1_000..8_000)
+    } else {
+        rng.random_range(20_000..60_000)
+    }
+}
+
+type ChunkLen = fn(&mut StdRng, usize) -> usize;
+
 /// Puts chunks until the function answers FULL; returns the ids stored.
 /// Reads of held chunks go on meanwhile, as a cache's would.
 async fn fill(
     conn: &FunctionConn,
     rng: &mut StdRng,
+    chunk_len: ChunkLen,
     cycle: usize,
     pool: &Bytes,
     next: &mut u128,
@@ -106,7 +119,7 @@ async fn delete_fraction(
     }
 }
 
-fn soak_setup() -> Setup {
+fn soak_setup(memory_mb: u32) -> Setup {
     let mut overrides = BTreeMap::new();
     if let Ok(extra) = std::env::var("MEMFN_SOAK_ENV") {
         let env = extra
@@ -123,7 +136,7 @@ fn soak_setup() -> Setup {
         );
     }
     Setup {
-        memory_mb: 256,
+        memory_mb,
         overhead_mb: 32,
         overrides,
         binary: std::env::var_os("MEMFN_SOAK_BINARY").map(Into::into),
@@ -131,12 +144,24 @@ fn soak_setup() -> Setup {
     }
 }
 
-/// Fill the function to FULL, evict 60% of its chunks at random, fill again, eight times, one
-/// invocation per cycle; then evict 95%. Resident memory stays under the configured size all
-/// along, and after the last eviction it falls back near what is still held.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fill_evict_cycles_stay_under_the_memory_size_and_free_memory_returns() {
-    let setup = soak_setup();
+/// What a soak saw.
+struct Soak {
+    limit: u64,
+    capacity: u64,
+    /// Highest resident set seen.
+    peak: u64,
+    /// Bytes held (charged) when each fill ended.
+    filled: Vec<u64>,
+    /// Resident set and bytes held after the last, large eviction.
+    end_rss: u64,
+    end_used: u64,
+}
+
+/// Fill the function to FULL, evict 60% of its chunks at random, fill again, `cycles` times,
+/// one invocation per cycle; then evict 95%. Checks after every fill and eviction that the
+/// resident set is under the memory size.
+async fn soak(memory_mb: u32, chunk_len: ChunkLen, cycles: usize) -> Soak {
+    let setup = soak_setup(memory_mb);
     let limit = u64::from(setup.memory_mb) * MIB;
     let mut h = Harness::start(setup).await;
     let mut view = NodeState::EMPTY;
@@ -149,6 +174,7 @@ async fn fill_evict_cycles_stay_under_the_memory_size_and_free_memory_returns() 
     let mut next = 1u128;
     let mut held = Vec::new();
     let mut peak = 0u64;
+    let mut filled = Vec::new();
     let started = Instant::now();
     eprintln!(
         "limit {} MiB, capacity {} MiB, baseline rss {} MiB",
@@ -156,7 +182,7 @@ async fn fill_evict_cycles_stay_under_the_memory_size_and_free_memory_returns() 
         capacity / MIB,
         rss(pid) / MIB
     );
-    for cycle in 0..8 {
+    for cycle in 0..cycles {
         if cycle > 0 {
             view = conn.bye().await.unwrap().state;
             call.await.unwrap().response();
@@ -164,7 +190,7 @@ async fn fill_evict_cycles_stay_under_the_memory_size_and_free_memory_returns() 
             conn = h.conn("node-0").await;
             assert_eq!(conn.hello().view, mem_function::wire::ViewCheck::Match);
         }
-        let more = fill(&conn, &mut rng, cycle, &pool, &mut next, &held).await;
+        let more = fill(&conn, &mut rng, chunk_len, cycle, &pool, &mut next, &held).await;
         held.extend(more);
         let used = conn.stats().await.unwrap().stats.used_bytes;
         let full_rss = rss(pid);
@@ -172,6 +198,7 @@ async fn fill_evict_cycles_stay_under_the_memory_size_and_free_memory_returns() 
         let after = conn.stats().await.unwrap().stats.used_bytes;
         let evicted_rss = rss(pid);
         peak = peak.max(full_rss).max(evicted_rss);
+        filled.push(used);
         eprintln!(
             "cycle {cycle}: full used {:>4} MiB rss {:>4} MiB | after evicting 60%: used {:>4} MiB rss {:>4} MiB",
             used / MIB,
@@ -190,21 +217,53 @@ async fn fill_evict_cycles_stay_under_the_memory_size_and_free_memory_returns() 
     delete_fraction(&conn, &mut rng, &mut held, 0.95).await;
     // Give an allocator that returns memory lazily a moment.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let used = conn.stats().await.unwrap().stats.used_bytes;
-    let last = rss(pid);
+    let end_used = conn.stats().await.unwrap().stats.used_bytes;
+    let end_rss = rss(pid);
     eprintln!(
         "after evicting 95%: used {} MiB rss {} MiB; peak rss {} MiB; {:?}",
-        used / MIB,
-        last / MIB,
+        end_used / MIB,
+        end_rss / MIB,
         peak / MIB,
         started.elapsed()
     );
-    assert!(
-        last < used + 48 * MIB,
-        "freed memory not returned: rss {} MiB for {} MiB held",
-        last / MIB,
-        used / MIB
-    );
     conn.bye().await.unwrap();
     call.await.unwrap().response();
+    Soak {
+        limit,
+        capacity,
+        peak,
+        filled,
+        end_rss,
+        end_used,
+    }
+}
+
+/// The tier's chunk sizes: the function fills to its capacity every cycle and stays under its
+/// memory size, and what the last eviction frees goes back to the operating system.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_evict_cycles_stay_under_the_memory_size_and_free_memory_returns() {
+    let s = soak(256, tier_chunk_len, 8).await;
+    assert!(s.peak < s.limit);
+    for (cycle, used) in s.filled.iter().enumerate() {
+        assert!(
+            *used > s.capacity - 4 * MIB,
+            "cycle {cycle}: filled only {} of {} MiB",
+            used / MIB,
+            s.capacity / MIB
+        );
+    }
+    assert!(
+        s.end_rss < s.end_used + 32 * MIB,
+        "freed memory not returned: rss {} MiB for {} MiB held",
+        s.end_rss / MIB,
+        s.end_used / MIB
+    );
+}
+
+/// Small chunks live on the heap, which fragments: the function refuses chunks once its
+/// resident set nears its memory size (the resident limit), rather than growing past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_chunks_on_a_fragmented_heap_stay_under_the_memory_size() {
+    let s = soak(128, small_chunk_len, 6).await;
+    assert!(s.peak < s.limit, "peak {} MiB", s.peak / MIB);
 }
