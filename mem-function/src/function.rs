@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `MEMFN_SECRET` | deployment secret for the HELLO MAC (>= 16 bytes) | required |
 //! | `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` | memory size in MB (set by Lambda) | required |
-//! | `MEMFN_OVERHEAD_MB` | MiB reserved for the runtime (~10 MB) and one in-flight frame (up to `MEMFN_MAX_CHUNK`); capacity = memory - overhead | 100 |
+//! | `MEMFN_OVERHEAD_MB` | MiB reserved for the runtime (~10 MB) and one in-flight frame (up to `MEMFN_MAX_CHUNK`); capacity = memory - overhead (the binary also refuses chunks that would take its resident set past memory - 16 MiB: see `store`) | 100 |
 //! | `MEMFN_MAX_CHUNK` | largest frame body accepted, bytes | 67108864 |
 //! | `MEMFN_FAULT_INJECTION` | `1` enables FAULT_CORRUPT and the `sleep` command (tests only) | off |
 //! | `MEMFN_PARENT_PID` | exit when the parent (the emulator) dies (set by the emulator) | unset |
