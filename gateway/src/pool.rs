@@ -25,7 +25,7 @@ use mem_function::callback::{
     CallError, CallbackListener, FunctionConn, InvocationTokens, ListenerConfig,
 };
 use mem_function::invocation::{Invocation, InvocationResponse};
-use mem_function::wire::{ByteRange, ChunkId, Command, Hello, NodeState, ViewCheck};
+use mem_function::wire::{ByteRange, ChunkId, Command, Hello, NodeState, StoreStats, ViewCheck};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -111,6 +111,8 @@ struct Node {
     /// The node's memory as the function last reported it, once `conn` is gone (see
     /// [`Node::view`]).
     view: NodeState,
+    /// The store statistics reported with `view` (for occupancy reports between invocations).
+    stats: Option<StoreStats>,
     /// The memory holds chunks the pool does not know (it reported `Diverged`): the next
     /// invocation is a Reset, so that what is restored onto it is all it holds.
     reset: bool,
@@ -164,7 +166,9 @@ pub struct Pool {
 /// acknowledgements arrive in the order the function applied the mutations.
 fn retire(n: &mut Node, metrics: &PoolMetrics) {
     if let Some(c) = n.conn.take() {
-        n.view = c.last_ack().state;
+        let ack = c.last_ack();
+        n.view = ack.state;
+        n.stats = Some(ack.stats);
         c.close();
         metrics.connected.dec();
     }
@@ -186,6 +190,7 @@ fn invocation_returned(n: &mut Node, resp: &InvocationResponse, metrics: &PoolMe
         retire(n, metrics);
     }
     n.view = resp.state;
+    n.stats = Some(resp.stats);
 }
 
 /// Did the connection that said `hello` belong to the invocation answered by `resp`?
@@ -332,6 +337,7 @@ impl Pool {
             let mut n = lock(&slot.node);
             retire(&mut n, &self.metrics);
             n.view = hello.state;
+            n.stats = Some(hello.stats);
             if reset {
                 n.reset = false;
             }
@@ -515,15 +521,18 @@ impl Pool {
         self.clone().invoke(f, command, view);
     }
 
-    /// Bytes each function reported holding in its last acknowledgement (functions never
-    /// contacted are left out).
+    /// Bytes each function reported holding in its last report (functions never contacted
+    /// are left out).
     pub fn occupancy(&self) -> Vec<(FunctionId, u64)> {
         self.slots
             .iter()
             .enumerate()
             .filter_map(|(i, slot)| {
                 let n = lock(&slot.node);
-                let used = n.conn.as_ref().map(|c| c.last_ack().stats.used_bytes)?;
+                let used = match &n.conn {
+                    Some(c) => c.last_ack().stats.used_bytes,
+                    None => n.stats?.used_bytes,
+                };
                 Some((FunctionId::try_from(i).ok()?, used))
             })
             .collect()
