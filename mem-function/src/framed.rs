@@ -45,9 +45,16 @@ pub enum BodyAlloc {
     Mapped,
 }
 
-/// An anonymous, pre-faulted mapping of `len` bytes (`len` > 0).
-fn anon_map(len: usize) -> io::Result<memmap2::MmapMut> {
-    memmap2::MmapOptions::new().len(len).populate().map_anon()
+/// An anonymous, pre-faulted mapping of `len` bytes (`len` > 0); `None` if the kernel refuses
+/// one (out of memory, or `vm.max_map_count` mappings already): the body then goes to the heap.
+fn anon_map(len: usize) -> Option<memmap2::MmapMut> {
+    match memmap2::MmapOptions::new().len(len).populate().map_anon() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(len, error = %e, "no mapping for a chunk body; receiving it on the heap");
+            None
+        }
+    }
 }
 
 /// Wrap a filled mapping as `Bytes`; the mapping is removed with the last reference.
@@ -214,26 +221,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         // Arrived whole inside the shared buffer: do not let it pin the rest.
                         frame.body = match self.bodies {
                             BodyAlloc::Heap => Bytes::copy_from_slice(&frame.body),
-                            BodyAlloc::Mapped => {
-                                let mut map = anon_map(frame.body.len())?;
-                                map.copy_from_slice(&frame.body);
-                                mapped_bytes(map)?
-                            }
+                            BodyAlloc::Mapped => match anon_map(frame.body.len()) {
+                                Some(mut map) => {
+                                    map.copy_from_slice(&frame.body);
+                                    mapped_bytes(map)?
+                                }
+                                None => Bytes::copy_from_slice(&frame.body),
+                            },
                         };
                     }
                     return Ok(Some(Incoming::Frame(frame)));
                 }
                 let head = HEADER_LEN + header.meta_len as usize;
-                if self.bodies == BodyAlloc::Mapped
-                    && header.body_len as usize >= OWN_ALLOCATION
-                    && self.buf.len() >= head
-                {
+                let map_body = self.bodies == BodyAlloc::Mapped
+                    && !self.own
+                    && header.body_len as usize >= OWN_ALLOCATION;
+                let map = if map_body && self.buf.len() >= head {
+                    anon_map(header.body_len as usize)
+                } else {
+                    None
+                };
+                if let Some(mut map) = map {
                     // Everything buffered belongs to this frame (it is not whole yet): the meta
                     // stays in the read buffer, the body goes to a mapping of its own.
                     let mut part = self.buf.split().freeze();
                     let meta = part.slice(HEADER_LEN..head);
                     part.advance(head);
-                    let mut map = anon_map(header.body_len as usize)?;
                     map[..part.len()].copy_from_slice(&part);
                     self.mapped = Some(MappedBody {
                         header,
@@ -243,14 +256,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     });
                     continue;
                 }
-                if self.bodies == BodyAlloc::Mapped && header.body_len as usize >= OWN_ALLOCATION {
+                if map_body && self.buf.len() < head {
                     // Read on until the meta is in; the body will not be buffered here.
-                    if self.buf.capacity() - self.buf.len() < head - self.buf.len().min(head) {
-                        self.buf.reserve(head - self.buf.len().min(head));
+                    let missing = head - self.buf.len();
+                    if self.buf.capacity() - self.buf.len() < missing {
+                        self.buf.reserve(missing);
                     }
                 } else if need > OWN_ALLOCATION && !self.own {
                     // Everything buffered belongs to this frame: move it into a buffer of
-                    // exactly the frame's length, so reads stop at the frame's end.
+                    // exactly the frame's length, so reads stop at the frame's end. (Also where
+                    // a body goes that should have been mapped when no mapping could be had.)
                     let mut own = BytesMut::with_capacity(need);
                     own.extend_from_slice(&self.buf);
                     self.buf = own;
