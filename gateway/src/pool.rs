@@ -6,8 +6,12 @@
 //! invoke would start a second, empty instance on AWS; deploy with reserved concurrency 1),
 //! hands out its live connection to chunk requests, and invokes it again when the connection
 //! ends (idle tail, deadline). Each invocation carries the pool's view of the node's memory
-//! (term + hash, from the last acknowledgement); a function that reports its memory lost or
-//! diverged was reclaimed by the provider, and the pool reports it.
+//! (term + hash): the newest state the function itself reported — the HELLO of a connection,
+//! each acknowledgement on it, and the state the invocation returned with, which also counts
+//! mutations whose acknowledgements were lost with their connection. A function that reports
+//! its memory lost (empty) was replaced by the provider, and the pool reports it; one that
+//! reports it diverged (holding what the pool does not know) is reported too and emptied
+//! (a Reset invocation) before anything is restored onto it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,7 +25,7 @@ use mem_function::callback::{
     CallError, CallbackListener, FunctionConn, InvocationTokens, ListenerConfig,
 };
 use mem_function::invocation::{Invocation, InvocationResponse};
-use mem_function::wire::{ByteRange, ChunkId, Command, NodeState, ViewCheck};
+use mem_function::wire::{ByteRange, ChunkId, Command, Hello, NodeState, StoreStats, ViewCheck};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -104,10 +108,36 @@ pub enum PoolEvent {
 struct Node {
     conn: Option<FunctionConn>,
     invoking: bool,
+    /// The node's memory as the function last reported it, once `conn` is gone (see
+    /// [`Node::view`]).
     view: NodeState,
+    /// The store statistics reported with `view` (for occupancy reports between invocations).
+    stats: Option<StoreStats>,
+    /// The memory holds chunks the pool does not know (it reported `Diverged`): the next
+    /// invocation is a Reset, so that what is restored onto it is all it holds.
+    reset: bool,
     last_used: Option<Instant>,
     /// When the last invocation failed: the next one waits [`INVOKE_RETRY`] after it.
     failed_at: Option<Instant>,
+}
+
+impl Node {
+    /// The view passed to the next invocation: the newest state the function reported. While
+    /// the pool holds a connection (live or ending) that is its last acknowledgement (its
+    /// HELLO's state, then every Ack and the BYE notice); after it, the state recorded when it
+    /// was retired or when its invocation returned.
+    fn view(&self) -> NodeState {
+        self.conn.as_ref().map_or(self.view, |c| c.last_ack().state)
+    }
+
+    /// The command of the next serving invocation.
+    fn serve_command(&self) -> Command {
+        if self.reset {
+            Command::Reset
+        } else {
+            Command::Serve
+        }
+    }
 }
 
 /// Least time between a failed invocation of a function and the next one.
@@ -131,16 +161,46 @@ pub struct Pool {
 }
 
 /// Drops a node's connection; the state its last acknowledgement reported becomes the view
-/// passed to the next invocation (so a replaced instance is recognized).
+/// passed to the next invocation (so a replaced instance is recognized). It is the newest
+/// report there is: the connection was adopted with its HELLO's state as the view, and its
+/// acknowledgements arrive in the order the function applied the mutations.
 fn retire(n: &mut Node, metrics: &PoolMetrics) {
     if let Some(c) = n.conn.take() {
         let ack = c.last_ack();
-        if ack.state.term >= n.view.term {
-            n.view = ack.state;
-        }
+        n.view = ack.state;
+        n.stats = Some(ack.stats);
         c.close();
         metrics.connected.dec();
     }
+}
+
+/// The invocation that `resp` answers has returned. A function mutates its memory only while
+/// an invocation serves, so the state it returned with is what the memory holds now, and it is
+/// newer than any acknowledgement the pool saw: it also counts mutations whose acknowledgements
+/// never arrived (a connection closed or reset with requests in flight, a response still in
+/// the socket when the pool retired the connection). The invocation's connection, if the pool
+/// still holds it, is over.
+fn invocation_returned(n: &mut Node, resp: &InvocationResponse, metrics: &PoolMetrics) {
+    if let Some(c) = &n.conn {
+        if !same_invocation(c.hello(), resp) {
+            // A connection of another invocation (the pool runs one at a time, so this is a
+            // function that dialed back late): its own reports are newer.
+            return;
+        }
+        retire(n, metrics);
+    }
+    n.view = resp.state;
+    n.stats = Some(resp.stats);
+}
+
+/// Did the connection that said `hello` belong to the invocation answered by `resp`?
+fn same_invocation(hello: &Hello, resp: &InvocationResponse) -> bool {
+    hello.instance_id == resp.instance_id
+        && resp
+            .invocation_id
+            .chars()
+            .take(mem_function::wire::MAX_INVOCATION_ID)
+            .eq(hello.invocation_id.chars())
 }
 
 fn lock(n: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
@@ -257,9 +317,19 @@ impl Pool {
             return;
         };
         let hello = conn.hello().clone();
-        if matches!(hello.view, ViewCheck::Lost | ViewCheck::Diverged) {
+        // A Reset empties the memory whatever it held: the pool asked for it.
+        let reset = hello.command == Command::Reset;
+        let lost = !reset && matches!(hello.view, ViewCheck::Lost | ViewCheck::Diverged);
+        if lost {
             self.metrics.reclaims.inc();
-            warn!(function = %self.name(f), view = ?hello.view, "function memory lost: the instance was replaced");
+            match hello.view {
+                ViewCheck::Lost => {
+                    warn!(function = %self.name(f), instance = %hello.instance_id, "function memory lost: the instance was replaced")
+                }
+                _ => {
+                    warn!(function = %self.name(f), instance = %hello.instance_id, state = %hello.state, "function memory diverged from the pool's view: treated as lost, and reset before recovery")
+                }
+            }
             let _ = self.events.send(PoolEvent::Lost(f));
         }
         let slot = &self.slots[f as usize];
@@ -267,6 +337,19 @@ impl Pool {
             let mut n = lock(&slot.node);
             retire(&mut n, &self.metrics);
             n.view = hello.state;
+            n.stats = Some(hello.stats);
+            if reset {
+                n.reset = false;
+            }
+            if lost && hello.view == ViewCheck::Diverged {
+                // Its chunks are unknown to the pool: nothing may be restored onto them (they
+                // would take space no one frees). This connection ends; the next is a Reset.
+                n.reset = true;
+                conn.close();
+                drop(n);
+                slot.ready.notify_waiters();
+                return;
+            }
             n.conn = Some(conn);
         }
         self.metrics.connected.inc();
@@ -289,7 +372,7 @@ impl Pool {
             let backoff = {
                 let mut n = lock(&slot.node);
                 if let Some(c) = n.conn.clone() {
-                    if !c.is_closed() && !c.is_going_away() {
+                    if c.accepts_requests() {
                         n.last_used = Some(Instant::now());
                         return Ok(c);
                     }
@@ -306,9 +389,9 @@ impl Pool {
                         Some(w) => Some(w),
                         None => {
                             n.invoking = true;
-                            let view = n.view;
+                            let (command, view) = (n.serve_command(), n.view());
                             drop(n);
-                            self.clone().invoke(f, Command::Serve, view);
+                            self.clone().invoke(f, command, view);
                             None
                         }
                     }
@@ -373,11 +456,14 @@ impl Pool {
                     let resp: Option<InvocationResponse> = out
                         .payload()
                         .and_then(|p| serde_json::from_slice(p.as_ref()).ok());
-                    if let Some(resp) = resp {
-                        debug!(function = %name, outcome = ?resp.outcome, ms = elapsed.as_millis() as u64, "invocation returned");
-                        let mut n = lock(&self.slots[f as usize].node);
-                        if n.conn.is_none() {
-                            n.view = resp.state;
+                    match resp {
+                        Some(resp) => {
+                            debug!(function = %name, outcome = ?resp.outcome, state = %resp.state, ms = elapsed.as_millis() as u64, "invocation returned");
+                            let mut n = lock(&self.slots[f as usize].node);
+                            invocation_returned(&mut n, &resp, &self.metrics);
+                        }
+                        None => {
+                            warn!(function = %name, "invocation returned an unreadable response")
                         }
                     }
                 }
@@ -416,29 +502,37 @@ impl Pool {
             return;
         };
         let mut n = lock(&slot.node);
-        let live = n
-            .conn
-            .as_ref()
-            .is_some_and(|c| !c.is_closed() && !c.is_going_away());
+        let live = n.conn.as_ref().is_some_and(FunctionConn::accepts_requests);
         if live || n.invoking {
             return;
         }
+        // The connection of the last invocation is over: its last acknowledgement is the
+        // newest state the function reported (not the state of its HELLO).
+        retire(&mut n, &self.metrics);
         n.invoking = true;
-        let view = n.view;
+        let view = n.view();
+        let command = if n.reset {
+            Command::Reset
+        } else {
+            Command::Warmup
+        };
         drop(n);
         self.metrics.warmups.inc();
-        self.clone().invoke(f, Command::Warmup, view);
+        self.clone().invoke(f, command, view);
     }
 
-    /// Bytes each function reported holding in its last acknowledgement (functions never
-    /// contacted are left out).
+    /// Bytes each function reported holding in its last report (functions never contacted
+    /// are left out).
     pub fn occupancy(&self) -> Vec<(FunctionId, u64)> {
         self.slots
             .iter()
             .enumerate()
             .filter_map(|(i, slot)| {
                 let n = lock(&slot.node);
-                let used = n.conn.as_ref().map(|c| c.last_ack().stats.used_bytes)?;
+                let used = match &n.conn {
+                    Some(c) => c.last_ack().stats.used_bytes,
+                    None => n.stats?.used_bytes,
+                };
                 Some((FunctionId::try_from(i).ok()?, used))
             })
             .collect()
@@ -526,3 +620,261 @@ impl ChunkStore for PoolStore {
 
 /// How long the pool waits for a function's answer before trying it again.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    use mem_function::function::{FunctionEnv, InvocationContext, MemFunction};
+    use std::time::SystemTime;
+
+    const SECRET: &str = "pool-unit-test-secret-0123456789";
+
+    /// Lambda in this process: the Invoke API on a loopback port, each function a
+    /// [`MemFunction`] running the real handler, its store kept between invocations (a warm
+    /// instance) until [`FakeLambda::replace`] swaps in a fresh one (the provider reclaimed it).
+    #[derive(Clone, Default)]
+    struct FakeLambda {
+        functions: Arc<Mutex<HashMap<String, Arc<MemFunction>>>>,
+        /// Every invocation's payload and response, in the order they returned.
+        returned: Arc<Mutex<Vec<(Invocation, InvocationResponse)>>>,
+    }
+
+    impl FakeLambda {
+        async fn start() -> (FakeLambda, String) {
+            let fake = FakeLambda::default();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let endpoint = format!("http://{}", listener.local_addr().unwrap());
+            let served = fake.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let fake = served.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| {
+                            let fake = fake.clone();
+                            async move { Ok::<_, std::convert::Infallible>(fake.invoke(req).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+            (fake, endpoint)
+        }
+
+        fn function(&self, name: &str) -> Arc<MemFunction> {
+            lock_map(&self.functions)
+                .entry(name.to_owned())
+                .or_insert_with(|| {
+                    MemFunction::new(FunctionEnv {
+                        secret: SECRET.as_bytes().to_vec(),
+                        function_name: name.to_owned(),
+                        memory_mb: 64,
+                        overhead_mb: 32,
+                        max_chunk: mem_function::wire::DEFAULT_MAX_BODY,
+                        fault_injection: false,
+                    })
+                })
+                .clone()
+        }
+
+        fn replace(&self, name: &str) {
+            lock_map(&self.functions).remove(name);
+        }
+
+        fn returned(&self) -> Vec<(Invocation, InvocationResponse)> {
+            self.returned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }
+
+        async fn invoke(&self, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+            let name = req
+                .uri()
+                .path()
+                .trim_start_matches("/2015-03-31/functions/")
+                .trim_end_matches("/invocations")
+                .to_owned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let inv: Invocation = serde_json::from_slice(&body).unwrap();
+            let ctx = InvocationContext {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                deadline: SystemTime::now() + Duration::from_secs(60),
+            };
+            let resp = self.function(&name).handle(inv.clone(), ctx).await;
+            let json = serde_json::to_vec(&resp).unwrap();
+            self.returned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((inv, resp));
+            hyper::Response::new(Full::new(Bytes::from(json)))
+        }
+
+        /// Waits until `n` invocations have returned.
+        async fn wait_returned(&self, n: usize) -> Vec<(Invocation, InvocationResponse)> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let r = self.returned();
+                if r.len() >= n {
+                    return r;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} of {n} invocations returned",
+                    r.len()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    /// Warm-up once the pool has taken in the last invocation's return (a warm-up asked for
+    /// while an invocation is under way is skipped, as it should be).
+    async fn warmup_when_idle(pool: &Arc<Pool>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&pool.slots[0].node).invoking {
+            assert!(Instant::now() < deadline, "the invocation never returned");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pool.warmup(0);
+    }
+
+    fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn pool(endpoint: &str) -> (Arc<Pool>, mpsc::UnboundedReceiver<PoolEvent>) {
+        let cfg = FunctionsConfig {
+            count: 1,
+            memory_mb: 64,
+            lambda_endpoint: endpoint.to_owned(),
+            idle_tail: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(5),
+            secret: SECRET.to_owned(),
+            ..FunctionsConfig::default()
+        };
+        let lambda = lambda_client(&cfg, endpoint).await;
+        Pool::start(
+            &cfg,
+            lambda,
+            SECRET.as_bytes().to_vec(),
+            &mut Registry::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn name(object: u128, index: u16) -> ChunkName {
+        ChunkName {
+            object,
+            piece: 0,
+            index,
+        }
+    }
+
+    /// The drill's mechanism: after a serving invocation that stored chunks, the warm-up used
+    /// to carry the state of that invocation's HELLO, so a function that had lost nothing
+    /// answered `Diverged` at every warm-up, and was "recovered" again and again.
+    #[tokio::test]
+    async fn a_warm_up_after_serving_carries_the_last_acknowledged_state() {
+        let (fake, endpoint) = FakeLambda::start().await;
+        let (pool, mut events) = pool(&endpoint).await;
+        let store = PoolStore(pool.clone());
+        for i in 0..3 {
+            store
+                .put(0, name(1, i), Bytes::from(vec![i as u8; 1000]))
+                .await
+                .unwrap();
+        }
+        store.delete(0, name(1, 0)).await.unwrap();
+        // The function leaves after its idle tail; then three warm-ups.
+        fake.wait_returned(1).await;
+        for n in 2..=4 {
+            warmup_when_idle(&pool).await;
+            let r = fake.wait_returned(n).await;
+            let (inv, resp) = &r[n - 1];
+            assert_eq!(inv.command, Command::Warmup);
+            assert_eq!(inv.view, fake.function("memfn-0").store().ack().state);
+            assert_eq!(resp.view, ViewCheck::Match, "warm-up {n}");
+        }
+        assert!(events.try_recv().is_err(), "no function reported lost");
+        assert_eq!(pool.metrics.reclaims.get(), 0);
+    }
+
+    /// Mutations whose acknowledgements arrive after the pool retired their connection still
+    /// end up in its view: the invocation returns with the memory's state. (A guard: the pool
+    /// handled this before too.)
+    #[tokio::test]
+    async fn acknowledgements_after_the_connection_was_retired_do_not_diverge_the_view() {
+        let (fake, endpoint) = FakeLambda::start().await;
+        let (pool, mut events) = pool(&endpoint).await;
+        let c = pool.conn(0).await.unwrap();
+        // Puts sent, then the connection closed and retired before their answers are read.
+        let puts: Vec<_> = (0..8u16)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let _ = c
+                        .put_chunk(&chunk_id(name(2, i)), Bytes::from(vec![7u8; 50_000]))
+                        .await;
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        c.close();
+        let next = pool.conn(0).await.unwrap();
+        for p in puts {
+            p.await.unwrap();
+        }
+        assert_eq!(next.hello().view, ViewCheck::Match);
+        let r = fake.wait_returned(1).await;
+        assert_eq!(r[0].1.state, next.hello().state);
+        assert!(events.try_recv().is_err());
+    }
+
+    /// A replaced instance is still found lost, and a memory holding chunks the pool does not
+    /// know is emptied before anything is restored onto it.
+    #[tokio::test]
+    async fn a_replaced_instance_is_lost_and_a_diverged_one_is_reset() {
+        let (fake, endpoint) = FakeLambda::start().await;
+        let (pool, mut events) = pool(&endpoint).await;
+        let store = PoolStore(pool.clone());
+        store
+            .put(0, name(3, 0), Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
+        fake.wait_returned(1).await;
+        fake.replace("memfn-0");
+        warmup_when_idle(&pool).await;
+        let r = fake.wait_returned(2).await;
+        assert_eq!(r[1].1.view, ViewCheck::Lost);
+        assert!(matches!(events.recv().await, Some(PoolEvent::Lost(0))));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        // Chunks the pool never wrote (another gateway's, say) appear in the memory.
+        let f = fake.function("memfn-0");
+        let data = Bytes::from_static(b"unknown");
+        f.store()
+            .put(chunk_id(name(9, 0)), crc32c::crc32c(&data), data)
+            .unwrap();
+        store
+            .put(0, name(3, 1), Bytes::from_static(b"restored"))
+            .await
+            .unwrap();
+        assert!(matches!(events.recv().await, Some(PoolEvent::Lost(0))));
+        let r = fake.wait_returned(3).await;
+        assert_eq!(r[2].1.view, ViewCheck::Diverged);
+        let ack = f.store().ack();
+        assert_eq!(ack.stats.chunks, 1, "only what was written after the reset");
+        assert_eq!(pool.metrics.reclaims.get(), 2);
+        fake.wait_returned(4).await;
+        warmup_when_idle(&pool).await;
+        let r = fake.wait_returned(5).await;
+        assert_eq!(r[3].0.command, Command::Reset);
+        assert_eq!(r[4].1.view, ViewCheck::Match);
+    }
+}

@@ -648,6 +648,13 @@ impl FunctionConn {
         self.shared.going_away.load(Ordering::Acquire)
     }
 
+    /// Can a new request be sent? Not once the connection has ended, the function announced
+    /// it is leaving, or the gateway closed (or reset) its side: such a connection may still
+    /// be receiving the responses of requests already sent, but takes no new ones.
+    pub fn accepts_requests(&self) -> bool {
+        !self.is_closed() && !self.is_going_away() && !self.shared.close_write.is_cancelled()
+    }
+
     /// Resolves when the connection has ended.
     pub async fn closed(&self) {
         self.shared.closed.cancelled().await

@@ -12,6 +12,13 @@
 //! arrived whole inside the shared read buffer is copied out; smaller frames share the read
 //! buffer (the store copies small chunks it keeps, see [`crate::store::COPY_BELOW`]). A read
 //! buffer left over-sized by a dropped large frame is given back once it is empty.
+//!
+//! With [`BodyAlloc::Mapped`] (the function's reader) a body of [`OWN_ALLOCATION`] bytes or
+//! more is received straight into an anonymous memory mapping of its own instead of the heap:
+//! it costs exactly its pages while stored, and when its last `Bytes` is dropped the pages go
+//! back to the operating system at once, whatever the allocator would have done with a freed
+//! heap block (glibc keeps freed blocks of this size resident: see `docs/operations.md`,
+//! "Function memory").
 
 use crate::wire::{Frame, FrameError, HEADER_LEN, Header, Limits};
 use bytes::{Buf, Bytes, BytesMut};
@@ -26,6 +33,43 @@ pub const OWN_ALLOCATION: usize = 64 * 1024;
 const MAX_IDLE_BUFFER: usize = 4 * READ_CHUNK;
 /// Bodies up to this size are copied into the write batch; larger ones are written directly.
 const INLINE_BODY: usize = 16 * 1024;
+
+/// Where a [`FrameReader`] puts bodies of [`OWN_ALLOCATION`] bytes or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyAlloc {
+    /// On the heap, in one allocation of exactly the frame's length (the gateway's reader).
+    #[default]
+    Heap,
+    /// In an anonymous memory mapping of the body's length (rounded up to pages), unmapped
+    /// when the last `Bytes` of the body is dropped (the function's reader: see the module doc).
+    Mapped,
+}
+
+/// An anonymous, pre-faulted mapping of `len` bytes (`len` > 0); `None` if the kernel refuses
+/// one (out of memory, or `vm.max_map_count` mappings already): the body then goes to the heap.
+fn anon_map(len: usize) -> Option<memmap2::MmapMut> {
+    match memmap2::MmapOptions::new().len(len).populate().map_anon() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(len, error = %e, "no mapping for a chunk body; receiving it on the heap");
+            None
+        }
+    }
+}
+
+/// Wrap a filled mapping as `Bytes`; the mapping is removed with the last reference.
+fn mapped_bytes(map: memmap2::MmapMut) -> io::Result<Bytes> {
+    Ok(Bytes::from_owner(map.make_read_only()?))
+}
+
+/// A body being received into its mapping, with the frame's header and meta.
+#[derive(Debug)]
+struct MappedBody {
+    header: Header,
+    meta: Bytes,
+    map: memmap2::MmapMut,
+    filled: usize,
+}
 
 /// Errors of the framed stream.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +106,11 @@ pub struct FrameReader<R> {
     own: bool,
     /// `admit` accepted the (incomplete) frame at the start of `buf`.
     admitted: bool,
+    /// Where large bodies go.
+    bodies: BodyAlloc,
+    /// A large body being received into its own mapping (its header and meta are no longer in
+    /// `buf`).
+    mapped: Option<MappedBody>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -74,7 +123,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             skipping: None,
             own: false,
             admitted: false,
+            bodies: BodyAlloc::Heap,
+            mapped: None,
         }
+    }
+
+    /// Receive large bodies into `bodies` from the next frame on.
+    pub fn set_body_alloc(&mut self, bodies: BodyAlloc) {
+        self.bodies = bodies;
     }
 
     /// Change the limits (e.g. after authentication).
@@ -106,6 +162,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         mut admit: impl FnMut(&Header) -> bool,
     ) -> Result<Option<Incoming>, ReadError> {
         loop {
+            if let Some(m) = &mut self.mapped {
+                if m.filled < m.map.len() {
+                    // Straight from the socket into the mapping (cancel-safe: a read either
+                    // happened and is counted, or did not happen).
+                    let n = self.io.read(&mut m.map[m.filled..]).await?;
+                    if n == 0 {
+                        return Err(ReadError::Truncated);
+                    }
+                    m.filled += n;
+                    continue;
+                }
+                let Some(m) = self.mapped.take() else {
+                    unreachable!("checked above")
+                };
+                self.admitted = false;
+                return Ok(Some(Incoming::Frame(Frame {
+                    opcode: m.header.opcode,
+                    flags: m.header.flags,
+                    request_id: m.header.request_id,
+                    meta: m.meta,
+                    body: mapped_bytes(m.map)?,
+                })));
+            }
             if let Some((left, header)) = self.skipping {
                 let n = left.min(self.buf.len());
                 self.buf.advance(n);
@@ -140,13 +219,53 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         self.buf = BytesMut::new();
                     } else if frame.body.len() >= OWN_ALLOCATION {
                         // Arrived whole inside the shared buffer: do not let it pin the rest.
-                        frame.body = Bytes::copy_from_slice(&frame.body);
+                        frame.body = match self.bodies {
+                            BodyAlloc::Heap => Bytes::copy_from_slice(&frame.body),
+                            BodyAlloc::Mapped => match anon_map(frame.body.len()) {
+                                Some(mut map) => {
+                                    map.copy_from_slice(&frame.body);
+                                    mapped_bytes(map)?
+                                }
+                                None => Bytes::copy_from_slice(&frame.body),
+                            },
+                        };
                     }
                     return Ok(Some(Incoming::Frame(frame)));
                 }
-                if need > OWN_ALLOCATION && !self.own {
+                let head = HEADER_LEN + header.meta_len as usize;
+                let map_body = self.bodies == BodyAlloc::Mapped
+                    && !self.own
+                    && header.body_len as usize >= OWN_ALLOCATION;
+                let map = if map_body && self.buf.len() >= head {
+                    anon_map(header.body_len as usize)
+                } else {
+                    None
+                };
+                if let Some(mut map) = map {
+                    // Everything buffered belongs to this frame (it is not whole yet): the meta
+                    // stays in the read buffer, the body goes to a mapping of its own.
+                    let mut part = self.buf.split().freeze();
+                    let meta = part.slice(HEADER_LEN..head);
+                    part.advance(head);
+                    map[..part.len()].copy_from_slice(&part);
+                    self.mapped = Some(MappedBody {
+                        header,
+                        meta,
+                        map,
+                        filled: part.len(),
+                    });
+                    continue;
+                }
+                if map_body && self.buf.len() < head {
+                    // Read on until the meta is in; the body will not be buffered here.
+                    let missing = head - self.buf.len();
+                    if self.buf.capacity() - self.buf.len() < missing {
+                        self.buf.reserve(missing);
+                    }
+                } else if need > OWN_ALLOCATION && !self.own {
                     // Everything buffered belongs to this frame: move it into a buffer of
-                    // exactly the frame's length, so reads stop at the frame's end.
+                    // exactly the frame's length, so reads stop at the frame's end. (Also where
+                    // a body goes that should have been mapped when no mapping could be had.)
                     let mut own = BytesMut::with_capacity(need);
                     own.extend_from_slice(&self.buf);
                     self.buf = own;
@@ -179,7 +298,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Bytes buffered but not yet returned.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.mapped.as_ref().map_or(0, |m| m.filled)
     }
 
     /// The stream.
@@ -255,6 +374,7 @@ mod tests {
     use super::*;
     use crate::wire::{ChunkId, Opcode, Request};
     use bytes::Bytes;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn reads_frames_split_across_writes() {
@@ -404,6 +524,39 @@ mod tests {
         let got2 = r.read_frame().await.unwrap().unwrap();
         assert_eq!((&got1, &got2), (&small1, &small2));
         assert!(adjacent(&got1, &got2));
+    }
+
+    #[tokio::test]
+    async fn mapped_bodies_arrive_whole_and_alone() {
+        for (body, pipe, whole) in [
+            (300_000, 8192, false),
+            (OWN_ALLOCATION, 8192, false),
+            (OWN_ALLOCATION + 1, 1 << 20, true),
+            (2 << 20, 1000, false),
+        ] {
+            let (big, small, wire) = big_then_small(body);
+            let (mut a, b) = tokio::io::duplex(pipe);
+            let w = tokio::spawn(async move { a.write_all(&wire).await.unwrap() });
+            let mut r = FrameReader::new(b, Limits::DEFAULT);
+            r.set_body_alloc(BodyAlloc::Mapped);
+            if whole {
+                r.buf = BytesMut::with_capacity(4 << 20);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let got_big = r.read_frame().await.unwrap().unwrap();
+            assert!(r.mapped.is_none());
+            let got_small = r.read_frame().await.unwrap().unwrap();
+            assert_eq!((&got_big, &got_small), (&big, &small), "body {body}");
+            assert!(!adjacent(&got_big, &got_small));
+            // The body is not in the read buffer at all.
+            let buf = r.buf.as_ptr() as usize;
+            let at = got_big.body.as_ptr() as usize;
+            assert!(
+                at + got_big.body.len() <= buf || at >= buf + r.buf.capacity(),
+                "body {body} inside the read buffer"
+            );
+            w.await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `MEMFN_SECRET` | deployment secret for the HELLO MAC (>= 16 bytes) | required |
 //! | `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` | memory size in MB (set by Lambda) | required |
-//! | `MEMFN_OVERHEAD_MB` | MiB reserved for the runtime (~10 MB) and one in-flight frame (up to `MEMFN_MAX_CHUNK`); capacity = memory - overhead | 100 |
+//! | `MEMFN_OVERHEAD_MB` | MiB reserved for the runtime (~10 MB) and one in-flight frame (up to `MEMFN_MAX_CHUNK`); capacity = memory - overhead (the binary also refuses chunks that would take its resident set past memory - 16 MiB: see `store`) | 100 |
 //! | `MEMFN_MAX_CHUNK` | largest frame body accepted, bytes | 67108864 |
 //! | `MEMFN_FAULT_INJECTION` | `1` enables FAULT_CORRUPT and the `sleep` command (tests only) | off |
 //! | `MEMFN_PARENT_PID` | exit when the parent (the emulator) dies (set by the emulator) | unset |
@@ -18,9 +18,9 @@
 //! freeze would only mislead the gateway. Within an invocation a connection that fails (reset,
 //! i/o error) is re-dialed with backoff until the idle tail or the deadline runs out.
 
-use crate::framed::{FrameReader, Incoming, ReadError};
+use crate::framed::{BodyAlloc, FrameReader, Incoming, ReadError};
 use crate::invocation::{Invocation, InvocationResponse, Outcome, PAYLOAD_VERSION};
-use crate::store::{DEFAULT_OVERHEAD_MB, Store, StoreError};
+use crate::store::{DEFAULT_OVERHEAD_MB, RUNTIME_RESERVE, Store, StoreError};
 use crate::wire::{
     self, Command, ErrorBody, ErrorCode, Frame, Hello, InstanceId, Limits, Opcode, Request,
     Response, ViewCheck,
@@ -169,6 +169,17 @@ impl MemFunction {
     /// A function with an empty store sized from `env`.
     pub fn new(env: FunctionEnv) -> Arc<MemFunction> {
         let capacity = Store::capacity_for(env.memory_mb, env.overhead_mb);
+        let needed = env.max_chunk as u64 + RUNTIME_RESERVE;
+        if env.overhead_mb * 1024 * 1024 < needed {
+            warn!(
+                overhead_mb = env.overhead_mb,
+                max_chunk = env.max_chunk,
+                "MEMFN_OVERHEAD_MB does not cover one in-flight frame of MEMFN_MAX_CHUNK bytes plus \
+                 the runtime ({} MiB): a full function receiving a frame that large can exceed its \
+                 memory size",
+                needed.div_ceil(1024 * 1024)
+            );
+        }
         Arc::new(MemFunction {
             env,
             store: Arc::new(Store::new(capacity)),
@@ -425,6 +436,8 @@ impl Session<'_> {
             Err(e) => return Err(format!("reading WELCOME: {e}")),
         }
         reader.set_limits(Limits::with_max_body(self.f.env.max_chunk));
+        // Chunks are stored in the buffers they arrive in: large ones get mappings of their own.
+        reader.set_body_alloc(BodyAlloc::Mapped);
         Ok(Ok(FrameConn { reader, writer: wr }))
     }
 

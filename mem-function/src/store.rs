@@ -1,6 +1,25 @@
 //! The function's chunk store: a process-global map from chunk id to bytes that outlives
 //! invocations (the provider keeps the process warm), with memory accounting against the
 //! function's configured size and a CRC32C per chunk checked on store and on every read.
+//!
+//! **What a chunk costs.** The accounting charges what a stored chunk really keeps resident,
+//! so that chunks + runtime stay under the function's memory size:
+//! - a chunk of [`COPY_BELOW`] bytes or more is kept in the allocation it was received into,
+//!   which on the function is an anonymous mapping of its own
+//!   ([`BodyAlloc::Mapped`](crate::framed::BodyAlloc)): charged its length rounded up to whole
+//!   [`PAGE`]s, and unmapped (returned to the OS) when the chunk is deleted or replaced and no
+//!   response still holds it;
+//! - a smaller chunk is copied into a heap allocation of its own (so it never pins the
+//!   connection's shared read buffer): charged its length;
+//! - every chunk's id is copied too (a decoded id is a slice of the frame's receive buffer,
+//!   and as a map key it would keep that whole buffer alive), and each chunk is charged
+//!   [`CHUNK_OVERHEAD`] for its map node, headers and allocator rounding.
+//!
+//! **The resident limit.** What the accounting cannot see — heap fragmentation from many
+//! small chunks, the runtime growing — is caught by a second bound: with
+//! [`Store::set_resident_limit`] a chunk is refused (`FULL`) when the process's resident set
+//! (read from `/proc/self/statm`) plus the chunk would pass the limit, so a function refuses
+//! writes instead of being killed by the provider for exceeding its memory size.
 
 use crate::wire::{
     Ack, ByteRange, ChunkId, ChunkInfo, MAX_LIST_LIMIT, Mutation, NodeState, StoreStats,
@@ -9,16 +28,29 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Bytes charged per chunk on top of its data and id: map node, `Bytes` header, allocator
-/// slack. Deliberately generous so the accounting stays above the real heap use.
-pub const CHUNK_OVERHEAD: u64 = 128;
+/// Bytes charged per chunk on top of its data and id: map node, `Bytes` header and owner, the
+/// copied id's allocation, allocator rounding. Deliberately generous so the accounting stays
+/// above the real heap use.
+pub const CHUNK_OVERHEAD: u64 = 256;
 /// Chunks smaller than this are copied out of the receive buffer when stored, so a small chunk
-/// never pins a large shared read buffer; larger chunks keep the buffer (it is their own).
-pub const COPY_BELOW: usize = 64 * 1024;
+/// never pins a large shared read buffer; larger chunks keep the buffer (it is their own: a
+/// mapping on the function, see the module doc).
+pub const COPY_BELOW: usize = crate::framed::OWN_ALLOCATION;
+/// Page size the accounting rounds mapped chunks to (Linux on x86-64 and arm64, as on Lambda).
+pub const PAGE: u64 = 4096;
+/// A reading of the resident set older than this is taken again before a chunk is admitted
+/// (in between, admitted chunks are added to the last reading).
+pub const RESIDENT_REFRESH: Duration = Duration::from_millis(2);
 /// Default memory reserved for the runtime, buffers and the in-flight frame (MiB), as in
 /// InfiniStore: capacity = function memory - overhead.
 pub const DEFAULT_OVERHEAD_MB: u64 = 100;
+/// Resident memory of the function beyond its chunks and the frame being received: code,
+/// stacks, the async runtime, logging, read and write buffers, responses in flight. Measured
+/// at about 7 MiB (RSS of an idle function); the overhead should cover twice that plus one
+/// frame of `MEMFN_MAX_CHUNK` bytes.
+pub const RUNTIME_RESERVE: u64 = 16 * 1024 * 1024;
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,8 +91,18 @@ struct Entry {
     crc: u32,
 }
 
-fn charge(id: &ChunkId, len: usize) -> u64 {
-    len as u64 + id.len() as u64 + CHUNK_OVERHEAD
+/// Bytes a chunk of `len` bytes under `id` is charged (see the module doc).
+pub fn charge(id: &ChunkId, len: usize) -> u64 {
+    data_charge(len) + id.len() as u64 + CHUNK_OVERHEAD
+}
+
+fn data_charge(len: usize) -> u64 {
+    let len = len as u64;
+    if len >= COPY_BELOW as u64 {
+        len.next_multiple_of(PAGE)
+    } else {
+        len
+    }
 }
 
 /// Operation counters since the process started.
@@ -88,6 +130,39 @@ struct Inner {
     state: NodeState,
     owner: Option<String>,
     counters: Counters,
+    resident: Option<Resident>,
+}
+
+/// The resident-set bound (see the module doc).
+#[derive(Debug)]
+struct Resident {
+    limit: u64,
+    /// Last reading (bytes) and when it was taken; bytes admitted since are added to it.
+    reading: u64,
+    at: Option<Instant>,
+}
+
+impl Resident {
+    /// Bytes that may still become resident, at least `wanted` if possible: a reading that
+    /// leaves less room is taken again first (memory the heap reused, or that deletes gave
+    /// back, shows only in a new reading).
+    fn room(&mut self, wanted: u64) -> u64 {
+        let stale = self.at.is_none_or(|t| t.elapsed() >= RESIDENT_REFRESH);
+        if stale || self.limit.saturating_sub(self.reading) < wanted {
+            if let Some(now) = resident_bytes() {
+                self.reading = now;
+            }
+            self.at = Some(Instant::now());
+        }
+        self.limit.saturating_sub(self.reading)
+    }
+}
+
+/// This process's resident set size, from `/proc/self/statm` (Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * PAGE)
 }
 
 /// The chunk store. All operations take a short lock; CRCs are computed outside it.
@@ -120,8 +195,19 @@ impl Store {
                 state: NodeState::EMPTY,
                 owner: None,
                 counters: Counters::default(),
+                resident: None,
             }),
         }
+    }
+
+    /// Refuse chunks that would take the process's resident set over `limit` bytes (`None`:
+    /// no such bound; the default).
+    pub fn set_resident_limit(&self, limit: Option<u64>) {
+        self.lock().resident = limit.map(|limit| Resident {
+            limit,
+            reading: 0,
+            at: None,
+        });
     }
 
     /// Capacity of a function of `memory_mb` MiB that reserves `overhead_mb` MiB.
@@ -138,14 +224,24 @@ impl Store {
     /// Would a new chunk of `len` bytes fit (ignoring a chunk it might replace)? Used to refuse
     /// a put before its body is received.
     pub fn fits(&self, len: u64) -> bool {
-        let g = self.lock();
-        len + ChunkId::MAX_LEN as u64 + CHUNK_OVERHEAD <= g.capacity.saturating_sub(g.used)
+        let needed = data_charge(usize::try_from(len).unwrap_or(usize::MAX))
+            + ChunkId::MAX_LEN as u64
+            + CHUNK_OVERHEAD;
+        needed <= self.free_for(needed)
     }
 
-    /// Bytes free now.
+    /// Bytes free now: capacity left, and room under the resident limit if one is set.
     pub fn free(&self) -> u64 {
-        let g = self.lock();
-        g.capacity.saturating_sub(g.used)
+        self.free_for(0)
+    }
+
+    fn free_for(&self, wanted: u64) -> u64 {
+        let mut g = self.lock();
+        let free = g.capacity.saturating_sub(g.used);
+        match &mut g.resident {
+            Some(r) => free.min(r.room(wanted)),
+            None => free,
+        }
     }
 
     /// Store `data` under `id` after checking it against the sender's `crc`. Replaces an
@@ -159,11 +255,13 @@ impl Store {
                 actual,
             });
         }
-        let data = if data.len() < COPY_BELOW {
-            Bytes::copy_from_slice(&data)
+        // The data is resident already (received); a small chunk's copy adds to it.
+        let (data, copied) = if data.len() < COPY_BELOW {
+            (Bytes::copy_from_slice(&data), data.len() as u64)
         } else {
-            data
+            (data, 0)
         };
+        let id = id.detached();
         let needed = charge(&id, data.len());
         let mut g = self.lock();
         let replaced = g
@@ -172,9 +270,17 @@ impl Store {
             .map(|e| charge(&id, e.data.len()))
             .unwrap_or(0);
         let free = g.capacity.saturating_sub(g.used) + replaced;
-        if needed > free {
+        let grows = copied + CHUNK_OVERHEAD;
+        let room = g.resident.as_mut().map(|r| r.room(grows));
+        if needed > free || room.is_some_and(|room| grows > room) {
             g.counters.errors += 1;
-            return Err(StoreError::Full { needed, free });
+            return Err(StoreError::Full {
+                needed,
+                free: room.map_or(free, |room| free.min(room)),
+            });
+        }
+        if let Some(r) = &mut g.resident {
+            r.reading += grows;
         }
         let len = data.len() as u64;
         g.used = g.used - replaced + needed;
@@ -366,7 +472,7 @@ mod tests {
         put(&s, 1, &[2; 4000]).unwrap();
         let err = put(&s, 2, &[3; 4000]).unwrap_err();
         assert!(
-            matches!(err, StoreError::Full { needed: 4150, free } if free < 4150),
+            matches!(err, StoreError::Full { needed: 4278, free } if free < 4278),
             "{err:?}"
         );
         // replacing a chunk counts its old space as free
@@ -377,6 +483,67 @@ mod tests {
         assert_eq!(ack.stats.chunks, 1);
         put(&s, 2, &[3; 4000]).unwrap();
         assert!(!s.fits(5000));
+    }
+
+    /// A chunk's id and bytes arrive as slices of the connection's receive buffer; what the
+    /// store keeps must not hold on to that buffer (ids used to: every stored chunk kept the
+    /// whole read buffer its request arrived in alive).
+    #[test]
+    fn a_stored_chunk_pins_only_its_own_bytes() {
+        let s = Store::new(1 << 20);
+        let mut frame = bytes::BytesMut::with_capacity(64 * 1024);
+        frame.extend_from_slice(ChunkId::for_object(5, 0, 0).as_bytes());
+        frame.extend_from_slice(&[3u8; 1000]);
+        frame.resize(64 * 1024, 0);
+        let buf = frame.freeze();
+        let id = ChunkId::new(buf.slice(..ChunkId::OBJECT_LEN)).unwrap();
+        let data = buf.slice(ChunkId::OBJECT_LEN..ChunkId::OBJECT_LEN + 1000);
+        s.put(id, crc32c::crc32c(&data), data).unwrap();
+        assert!(
+            buf.is_unique(),
+            "the store keeps a reference to the receive buffer"
+        );
+        assert_eq!(
+            s.ack().stats.used_bytes,
+            charge(&ChunkId::for_object(5, 0, 0), 1000)
+        );
+    }
+
+    /// Chunks kept in their own mapping are charged whole pages.
+    #[test]
+    fn large_chunks_are_charged_whole_pages() {
+        let s = Store::new(10 << 20);
+        let len = COPY_BELOW + 1;
+        let a = put(&s, 0, &vec![1; len]).unwrap();
+        let pages = (len as u64).div_ceil(PAGE) * PAGE;
+        assert_eq!(a.stats.used_bytes, pages + 22 + CHUNK_OVERHEAD);
+        let small = put(&s, 1, &[1; 100]).unwrap();
+        assert_eq!(
+            small.stats.used_bytes - a.stats.used_bytes,
+            100 + 22 + CHUNK_OVERHEAD
+        );
+        assert!(s.fits(5 << 20));
+        assert!(!s.fits((10 << 20) - pages));
+    }
+
+    /// Over the resident limit, chunks are refused whatever the capacity says.
+    #[test]
+    fn the_resident_limit_refuses_chunks_the_process_has_no_room_for() {
+        let Some(now) = resident_bytes() else {
+            return; // not Linux
+        };
+        let s = Store::new(1 << 30);
+        s.set_resident_limit(Some(now + (8 << 20)));
+        assert!(s.fits(1 << 20));
+        assert!(!s.fits(64 << 20), "64 MiB more would pass the limit");
+        assert!(matches!(s.free(), f if f <= 8 << 20));
+        s.set_resident_limit(Some(now / 2));
+        assert!(matches!(
+            put(&s, 0, &[1; 1000]),
+            Err(StoreError::Full { free: 0, .. })
+        ));
+        s.set_resident_limit(None);
+        put(&s, 0, &[1; 1000]).unwrap();
     }
 
     #[test]

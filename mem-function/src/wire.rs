@@ -132,10 +132,24 @@
 //!
 //! A function's memory is summarized by a [`NodeState`]: `term` counts the mutations (puts and
 //! deletes) applied since the process started or was reset, and `hash` chains them
-//! ([`NodeState::advance`]). A fresh process has the empty state. The gateway keeps the last
-//! state it was sent (every Ack carries one) and passes it as its *view* in the next invocation;
-//! the function compares ([`ViewCheck`]) and an empty state under a non-empty view means the
-//! provider replaced the instance and the memory is gone.
+//! ([`NodeState::advance`]). A fresh process has the empty state. The gateway keeps the newest
+//! state the function reported and passes it as its *view* in the next invocation; the function
+//! compares ([`ViewCheck`]) and an empty state under a non-empty view means the provider
+//! replaced the instance and the memory is gone (`lost`); a different non-empty state means the
+//! memory holds what the gateway does not know (`diverged`).
+//!
+//! The function reports its state in the HELLO of every connection, in every Ack (in the order
+//! it applied the mutations, so the last one read is the newest), in the BYE notice, and in the
+//! invocation's response (`state` in [`crate::invocation::InvocationResponse`]). A function
+//! mutates its memory only while an invocation serves, so the response's state is the memory's
+//! state until the next invocation, and it counts mutations whose Acks the gateway never read
+//! (a connection closed or reset with requests in flight). The gateway's view is therefore:
+//! the last Ack of the connection it holds; once that connection is over, the state recorded
+//! when it dropped it, replaced by the invocation's response state when that invocation
+//! returns. (A view taken from anything older — the HELLO of a connection that then stored
+//! chunks — makes a function that lost nothing answer `diverged`.) A `diverged` memory is
+//! treated as lost and emptied by a `reset` invocation before anything is restored onto it;
+//! the verdict of a `reset` invocation is not a loss (the gateway asked for the emptying).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
@@ -625,6 +639,12 @@ impl ChunkId {
         b.put_u32(piece);
         b.put_u16(chunk);
         ChunkId(b.freeze())
+    }
+
+    /// The same id in an allocation of its own. An id decoded from a frame shares the frame's
+    /// receive buffer; a store that keeps it as a key would keep that whole buffer alive.
+    pub fn detached(&self) -> ChunkId {
+        ChunkId(Bytes::copy_from_slice(&self.0))
     }
 
     /// The parts of an id made by [`ChunkId::for_object`].

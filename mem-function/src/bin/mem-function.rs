@@ -3,6 +3,7 @@
 //! environment variables.
 
 use mem_function::function::{FunctionEnv, MemFunction};
+use mem_function::store::RUNTIME_RESERVE;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,8 +46,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The provider stops a function whose memory passes its size: refuse chunks before that,
+    // whatever the accounting missed (see mem_function::store, "The resident limit").
+    let resident_limit = (env.memory_mb * 1024 * 1024).saturating_sub(RUNTIME_RESERVE);
     let f = MemFunction::new(env);
-    tracing::info!(instance = %f.instance_id(), capacity = f.store().ack().stats.capacity_bytes, "mem-function starting");
+    f.store().set_resident_limit(Some(resident_limit));
+    tracing::info!(instance = %f.instance_id(), capacity = f.store().ack().stats.capacity_bytes, resident_limit, "mem-function starting");
     let result = rt.block_on(f.run_lambda());
     rt.shutdown_timeout(Duration::from_millis(200));
     match result {

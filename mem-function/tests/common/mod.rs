@@ -55,6 +55,8 @@ pub struct Setup {
     pub fault_injection: bool,
     pub overrides: BTreeMap<String, FunctionOverride>,
     pub tokens: bool,
+    /// Another `mem-function` build to run (default: this package's binary).
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for Setup {
@@ -69,6 +71,7 @@ impl Default for Setup {
             fault_injection: false,
             overrides: BTreeMap::new(),
             tokens: true,
+            binary: None,
         }
     }
 }
@@ -147,7 +150,7 @@ impl Harness {
             env.insert("MEMFN_FAULT_INJECTION".to_owned(), "1".to_owned());
         }
         let config = EmulatorConfig {
-            function_binary: Some(function_binary()),
+            function_binary: Some(setup.binary.clone().unwrap_or_else(function_binary)),
             memory_mb: setup.memory_mb,
             timeout: setup.timeout,
             freeze: setup.freeze,
