@@ -665,12 +665,15 @@ mod tests {
         assert_eq!(cfg.policy.infinicache.warmup_ms, 30_000);
         cfg.validate().unwrap();
         // What the deployment decides is not a policy setting.
-        let err = Config::from_toml("[policy.window]\npool_size = 5\n", Path::new("t.toml"))
-            .unwrap_err();
+        let err =
+            Config::from_toml("[policy.window]\npool_size = 5\n", Path::new("t.toml")).unwrap_err();
         assert!(err.to_string().contains("pool_size"), "{err}");
         let mut cfg = Config::default();
         cfg.policy.kind = PolicyKind::Provisioned;
-        assert!(cfg.validate().is_err(), "a provisioned cluster holds nothing in functions");
+        assert!(
+            cfg.validate().is_err(),
+            "a provisioned cluster holds nothing in functions"
+        );
     }
 
     #[test]

@@ -56,7 +56,10 @@ pub struct InfiniCacheConfig {
     pub parity_chunks: u32,
     /// Warm-up interval (a function invoked for a request is not warmed again before it;
     /// `warmup` in a configuration file).
-    #[serde(rename(deserialize = "warmup"), deserialize_with = "crate::types::millis")]
+    #[serde(
+        rename(deserialize = "warmup"),
+        deserialize_with = "crate::types::millis"
+    )]
     pub warmup_ms: Millis,
     /// Warm-ups come up to this much early.
     #[serde(skip_deserializing)]

@@ -135,7 +135,10 @@ pub struct WindowConfig {
     #[serde(skip_deserializing)]
     pub parity_chunks: u32,
     /// Length of a bucket (`bucket` in a configuration file).
-    #[serde(rename(deserialize = "bucket"), deserialize_with = "crate::types::millis")]
+    #[serde(
+        rename(deserialize = "bucket"),
+        deserialize_with = "crate::types::millis"
+    )]
     pub bucket_ms: Millis,
     /// Buckets in the active window (including the current one).
     pub active_buckets: u32,

@@ -576,8 +576,7 @@ fn configs_are_validated() {
     let p = cfg.build().unwrap();
     assert_eq!(p.name(), "sliding-window");
     assert!(
-        serde_json::from_str::<PolicyConfig>(r#"{"kind": "infinicache", "functions": 3}"#)
-            .is_err()
+        serde_json::from_str::<PolicyConfig>(r#"{"kind": "infinicache", "functions": 3}"#).is_err()
     );
     let bad: PolicyConfig =
         serde_json::from_str(r#"{"kind": "infinicache", "warmup": 0}"#).unwrap();

@@ -94,25 +94,11 @@ async fn idle_warm_ups_after_a_kill_burst_recover_nothing() {
         "function_faults_kill_burst",
         &Backend::Embedded,
         GatewayOptions {
-            config: Some(
-                r#"
-[tier]
-min_object_size = "1KiB"
-chunk_size = "256KiB"
-data_chunks = 4
-parity_chunks = 2
-recovery_parallelism = 4
-
-[functions]
-count = 6
-memory_mb = 192
-idle_tail = "300ms"
-
-[policy]
-active_warmup = "1s"
-"#
-                .into(),
-            ),
+            config: Some(String::from(
+                "[tier]\nmin_object_size = \"1KiB\"\nchunk_size = \"256KiB\"\ndata_chunks = 4\n\
+                 parity_chunks = 2\nrecovery_parallelism = 4\n\n[functions]\ncount = 6\n\
+                 memory_mb = 192\nidle_tail = \"300ms\"\n\n[policy.window]\nactive_warmup = \"1s\"\n",
+            )),
             ..Default::default()
         },
     );
@@ -231,24 +217,11 @@ async fn fill_and_delete_cycles_keep_every_function_under_its_memory_size() {
                 ),
                 ("GATEWAY_FUNCTION_SECRET".into(), SECRET.into()),
             ],
-            config: Some(
-                r#"
-[tier]
-min_object_size = "1KiB"
-chunk_size = "256KiB"
-data_chunks = 4
-parity_chunks = 2
-
-[functions]
-count = 6
-memory_mb = 64
-idle_tail = "1s"
-
-[policy]
-reserved_mb = 24
-"#
-                .into(),
-            ),
+            config: Some(String::from(
+                "[tier]\nmin_object_size = \"1KiB\"\nchunk_size = \"256KiB\"\ndata_chunks = 4\n\
+                 parity_chunks = 2\n\n[functions]\ncount = 6\nmemory_mb = 64\nidle_tail = \"1s\"\n\n\
+                 [policy.window]\nreserved_mb = 24\n",
+            )),
             ..Default::default()
         },
     );

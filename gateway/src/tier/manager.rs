@@ -24,7 +24,6 @@ use super::index::FunctionId;
 use super::{Placer, Relocation};
 use crate::config::{Config, PolicyKind};
 
-
 /// Longest time between two ticks.
 pub const TICK_MAX: Duration = Duration::from_secs(1);
 /// How often functions' occupancy is reported to the policy.

@@ -209,7 +209,8 @@ async fn main() {
         &Backend::External(weed.s3_url.clone()),
         GatewayOptions {
             config: Some(
-                "[functions]\ncount = 12\nmemory_mb = 512\n[policy.window]\nbucket = \"2m\"\n".into(),
+                "[functions]\ncount = 12\nmemory_mb = 512\n[policy.window]\nbucket = \"2m\"\n"
+                    .into(),
             ),
             ..Default::default()
         },
