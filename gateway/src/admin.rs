@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 
 use crate::metrics::S3Metrics;
-use crate::tier::Tier;
+use tier::Tier;
 
 /// What the admin handlers need.
 #[derive(Clone)]
@@ -105,11 +105,8 @@ fn tier_of(s: &AdminState) -> Result<&Arc<Tier>, Refused> {
         .ok_or_else(|| Refused(StatusCode::NOT_FOUND, "the tier is disabled".into()))
 }
 
-fn journal_failure(e: &s3s::S3Error) -> Refused {
-    Refused(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        e.message().unwrap_or("journal failure").to_owned(),
-    )
+fn journal_failure(e: &tier::TierError) -> Refused {
+    Refused(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 async fn dead_letters(State(s): State<AdminState>) -> Result<Response, Refused> {

@@ -4,11 +4,11 @@
 //! gateway itself, and whether retrying can help. `S3Error`s carry the S3 code and HTTP status;
 //! the request id is added to every error body by the request middleware.
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::operation::RequestId as _;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use http::{HeaderMap, HeaderName, StatusCode};
 use s3s::{S3Error, S3ErrorCode};
+use tier::{BackendError, BackendFailure, TierError};
 
 /// Faults of the gateway's own machinery (startup, servers).
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,9 @@ pub enum GatewayError {
     /// The embedded backing store could not start.
     #[error("embedded backing store: {0}")]
     Embedded(String),
+    /// The tier could not start.
+    #[error(transparent)]
+    Tier(#[from] TierError),
     /// Local I/O failed.
     #[error("{context}: {source}")]
     Io {
@@ -36,10 +39,6 @@ pub enum GatewayError {
         source: std::io::Error,
     },
 }
-
-/// Response headers of the backing store that an error response must keep (a 304 or 412 tells
-/// the client which version it is about).
-const KEPT_ERROR_HEADERS: [&str; 3] = ["etag", "last-modified", "x-amz-version-id"];
 
 /// Whether an upstream failure is worth retrying, as the SDK classifies it.
 pub fn is_retryable<E>(e: &SdkError<E, HttpResponse>) -> bool {
@@ -52,77 +51,94 @@ pub fn is_retryable<E>(e: &SdkError<E, HttpResponse>) -> bool {
     }
 }
 
-/// Converts a failed backing-store call into the S3 error the client sees.
-///
-/// Service errors keep the backing store's code, message and status (and, for 304 and 412,
-/// the ETag and Last-Modified headers). A backing store that cannot be reached or does not
-/// answer in time is `503 ServiceUnavailable` with a message saying so.
+/// Converts a failed backing-store call into the S3 error the client sees
+/// ([`backend_error`] of what [`tier::BackendError::from_sdk`] reads from it).
 pub fn upstream_error<E>(e: &SdkError<E, HttpResponse>) -> S3Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    match e {
-        SdkError::ServiceError(se) => {
-            let raw = se.raw();
-            let status =
-                StatusCode::from_u16(raw.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            if status.is_success() {
-                // A 2xx the SDK could not parse: not the client's fault, and not a success.
-                return S3Error::with_message(
-                    S3ErrorCode::InternalError,
-                    format!(
-                        "the backing store sent a response the gateway cannot read: {}",
-                        DisplayErrorContext(e)
-                    ),
-                );
-            }
-            let meta = se.err().meta();
-            let code = meta
-                .code()
+    backend_error(&BackendError::from_sdk(e))
+}
+
+/// The S3 error for a failed request to the backing store: a service error keeps the store's
+/// code, message and status (and, for 304 and 412, the ETag and Last-Modified headers); a store
+/// that cannot be reached or does not answer in time is `503 ServiceUnavailable` with a message
+/// saying so.
+pub fn backend_error(e: &BackendError) -> S3Error {
+    match e.failure {
+        BackendFailure::Service => {
+            let status = e
+                .status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let code = e
+                .code
+                .as_deref()
                 .and_then(|c| S3ErrorCode::from_bytes(c.as_bytes()))
                 .unwrap_or_else(|| code_for_status(status));
-            let mut err = match meta.message() {
-                Some(m) => S3Error::with_message(code, m.to_owned()),
-                None => S3Error::new(code),
+            let mut err = if e.message.is_empty() {
+                S3Error::new(code)
+            } else {
+                S3Error::with_message(code, e.message.clone())
             };
             err.set_status_code(status);
-            if status == StatusCode::NOT_MODIFIED || status == StatusCode::PRECONDITION_FAILED {
-                let mut headers = HeaderMap::new();
-                for name in KEPT_ERROR_HEADERS {
-                    if let Some(v) = raw.headers().get(name)
-                        && let Ok(v) = http::HeaderValue::from_str(v)
-                    {
-                        headers.insert(HeaderName::from_static(name), v);
-                    }
-                }
-                if !headers.is_empty() {
-                    err.set_headers(headers);
+            let mut headers = HeaderMap::new();
+            for (name, value) in &e.headers {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    http::HeaderValue::from_str(value),
+                ) {
+                    headers.insert(n, v);
                 }
             }
-            if let Some(id) = meta.request_id() {
-                tracing::debug!(upstream_request_id = id, %status, "backing store refused the request");
+            if !headers.is_empty() {
+                err.set_headers(headers);
             }
             err
         }
-        SdkError::TimeoutError(_) => unavailable(format!(
-            "the backing store did not answer in time: {}",
-            DisplayErrorContext(e)
-        )),
-        SdkError::DispatchFailure(_) => unavailable(format!(
-            "the backing store is unreachable: {}",
-            DisplayErrorContext(e)
-        )),
-        SdkError::ResponseError(_) => unavailable(format!(
-            "the backing store sent an invalid response: {}",
-            DisplayErrorContext(e)
-        )),
-        _ => S3Error::with_message(
-            S3ErrorCode::InternalError,
-            format!(
-                "cannot build the backing-store request: {}",
-                DisplayErrorContext(e)
-            ),
+        BackendFailure::Timeout | BackendFailure::Unreachable | BackendFailure::InvalidResponse => {
+            unavailable(e.message.clone())
+        }
+        BackendFailure::Unparsable | BackendFailure::Construction => {
+            S3Error::with_message(S3ErrorCode::InternalError, e.message.clone())
+        }
+    }
+}
+
+/// The S3 error for a failure of the tier: the client's faults are 4xx, a full journal is
+/// `503 SlowDown`, the bucket's answers are passed on, the gateway's own failures are 500.
+pub fn tier_error(e: TierError) -> S3Error {
+    let with_status = |code: S3ErrorCode, status: StatusCode, msg: String| {
+        let mut err = S3Error::with_message(code, msg);
+        err.set_status_code(status);
+        err
+    };
+    match e {
+        TierError::JournalFull { .. } => with_status(
+            S3ErrorCode::SlowDown,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{e}; retry later"),
         ),
+        TierError::NoSuchBucket(_) => S3Error::with_message(
+            S3ErrorCode::NoSuchBucket,
+            "The specified bucket does not exist",
+        ),
+        TierError::FlushTimeout(_) => unavailable(e.to_string()),
+        TierError::DeadLetter { .. } => with_status(
+            S3ErrorCode::InvalidObjectState,
+            StatusCode::FORBIDDEN,
+            e.to_string(),
+        ),
+        TierError::Backend(b) => backend_error(&b),
+        TierError::Body(b) => body_error(b.as_ref()),
+        TierError::BodyLength { .. } => {
+            S3Error::with_message(S3ErrorCode::IncompleteBody, e.to_string())
+        }
+        TierError::BadDigest(m) => S3Error::with_message(S3ErrorCode::BadDigest, m),
+        other => {
+            tracing::warn!(error = %other, "tier failure");
+            S3Error::with_message(S3ErrorCode::InternalError, other.to_string())
+        }
     }
 }
 

@@ -15,10 +15,8 @@ pub mod error;
 pub mod logging;
 pub mod metrics;
 pub mod middleware;
-pub mod pool;
 pub mod s3;
 pub mod server;
-pub mod tier;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,8 +45,8 @@ pub struct Gateway {
     admin_task: tokio::task::JoinHandle<()>,
     /// The tier, when enabled.
     pub tier: Option<Arc<tier::Tier>>,
-    /// The function pool, when the tier is enabled.
-    pub pool: Option<Arc<pool::Pool>>,
+    /// The tier with its function pool, when enabled.
+    running: Option<tier::Running>,
     /// The embedded Lambda emulator, when used.
     pub emulator: Option<mem_function::emulator::EmulatorHandle>,
 }
@@ -99,12 +97,13 @@ pub async fn start(cfg: &Config) -> Result<Gateway, GatewayError> {
 
     let mut registry = Registry::default();
     let metrics = metrics::S3Metrics::register(&mut registry);
-    let (tier, pool, emulator) = if cfg.tier.enabled {
-        let (t, p, e) = start_tier(cfg, &backend, &mut registry).await?;
-        (Some(t), Some(p), e)
+    let (running, emulator) = if cfg.tier.enabled {
+        let (r, e) = start_tier(cfg, &backend, &mut registry).await?;
+        (Some(r), e)
     } else {
-        (None, None, None)
+        (None, None)
     };
+    let tier = running.as_ref().map(|r| r.tier.clone());
     let registry = Arc::new(registry);
 
     let keys = match &embedded {
@@ -178,21 +177,20 @@ pub async fn start(cfg: &Config) -> Result<Gateway, GatewayError> {
         admin_stop,
         admin_task,
         tier,
-        pool,
+        running,
         emulator,
     })
 }
 
-/// Starts the function pool (and the embedded emulator when no Lambda endpoint is set) and
-/// opens the tier on it.
+/// Starts the embedded emulator when no Lambda endpoint is set, then the tier on the function
+/// pool.
 async fn start_tier(
     cfg: &Config,
     backend: &backend::BackendClients,
     registry: &mut Registry,
 ) -> Result<
     (
-        Arc<tier::Tier>,
-        Arc<pool::Pool>,
+        tier::Running,
         Option<mem_function::emulator::EmulatorHandle>,
     ),
     GatewayError,
@@ -222,53 +220,42 @@ async fn start_tier(
     } else {
         (f.lambda_endpoint.trim().to_owned(), None)
     };
-    let lambda = pool::lambda_client(f, &endpoint).await;
-    let (pool, mut events) = pool::Pool::start(f, lambda, secret.into_bytes(), registry).await?;
-    let (manager, mut actions) = tier::manager::MemoryManager::new(cfg, registry)?;
-    let tier = tier::Tier::open(
+    let lambda = lambda_client(f, &endpoint).await;
+    let running = tier::start(
         &cfg.tier,
+        f,
+        &cfg.policy,
         &cfg.data_dir,
         backend,
-        Arc::new(pool::PoolStore(pool.clone())),
-        manager.clone(),
+        lambda,
+        secret.into_bytes(),
         registry,
     )
     .await?;
-    let occupancy_pool = Arc::downgrade(&pool);
-    manager.run(Arc::new(move || {
-        occupancy_pool
-            .upgrade()
-            .map(|p| p.occupancy())
-            .unwrap_or_default()
-    }));
-    // The policy's decisions, carried out.
-    let (weak_tier, weak_pool) = (Arc::downgrade(&tier), Arc::downgrade(&pool));
-    tokio::spawn(async move {
-        while let Some(a) = actions.recv().await {
-            let (Some(t), Some(p)) = (weak_tier.upgrade(), weak_pool.upgrade()) else {
-                return;
-            };
-            match a {
-                tier::manager::Action::Evict { bucket, key } => t.evict(&bucket, &key),
-                tier::manager::Action::Warmup(f) => p.warmup(f),
-                tier::manager::Action::Recover(f) => t.recover(f),
-                tier::manager::Action::Abandon(f) => t.abandon(f),
-            }
-        }
-    });
-    // Lost functions: the policy decides whether to recover.
-    let weak_manager = Arc::downgrade(&manager);
-    tokio::spawn(async move {
-        while let Some(ev) = events.recv().await {
-            let Some(m) = weak_manager.upgrade() else {
-                return;
-            };
-            match ev {
-                pool::PoolEvent::Lost(f) => m.function_lost(f),
-            }
-        }
-    });
-    Ok((tier, pool, emulator))
+    Ok((running, emulator))
+}
+
+/// Builds the Lambda client for `endpoint`.
+async fn lambda_client(cfg: &config::FunctionsConfig, endpoint: &str) -> aws_sdk_lambda::Client {
+    let creds = crate::credentials::provider(
+        &cfg.lambda_access_key,
+        &cfg.lambda_secret_key,
+        &cfg.lambda_region,
+    )
+    .await;
+    let mut conf = aws_sdk_lambda::Config::builder();
+    if crate::backend::is_loopback(endpoint) {
+        conf = conf.http_client(crate::backend::direct_http_client());
+    }
+    let conf = conf
+        .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+        .region(aws_sdk_lambda::config::Region::new(
+            cfg.lambda_region.clone(),
+        ))
+        .endpoint_url(endpoint)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_lambda::Client::from_conf(conf)
 }
 
 impl Gateway {
@@ -292,7 +279,7 @@ impl Gateway {
         self.admin_stop.cancel();
         let _ = tokio::time::timeout(grace, self.admin_task).await;
         drop(self.tier);
-        drop(self.pool);
+        drop(self.running);
         if let Some(e) = self.emulator {
             e.shutdown().await;
         }

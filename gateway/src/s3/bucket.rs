@@ -29,7 +29,9 @@ pub(super) async fn delete_bucket(
 ) -> S3Result<S3Response<DeleteBucketOutput>> {
     let bucket = req.input.bucket.clone();
     if let Some(t) = &gw.tier {
-        t.flush_prefix(&bucket, "").await?;
+        t.flush_prefix(&bucket, "")
+            .await
+            .map_err(crate::error::tier_error)?;
         if t.dead_letters().iter().any(|d| d.bucket == bucket) {
             let mut e = S3Error::with_message(
                 S3ErrorCode::BucketNotEmpty,

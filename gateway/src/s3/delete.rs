@@ -8,7 +8,8 @@ use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
 use super::{S3Handler, proxied};
-use crate::tier::{Deletion, WriteGuard};
+use crate::error::tier_error;
+use tier::{Deletion, WriteGuard};
 
 /// A key with unpersisted writes is deleted through the journal (after them, in order);
 /// any other key in the bucket directly, in the key's commit order. A versioned delete is the
@@ -29,7 +30,7 @@ pub(super) async fn delete_object(
             })
             .await;
     }
-    match tier.delete(&bucket, &key).await? {
+    match tier.delete(&bucket, &key).await.map_err(tier_error)? {
         Deletion::Journaled => Ok(S3Response::new(DeleteObjectOutput::default())),
         Deletion::InBucket(g) => {
             let r = proxied!(gw, delete_object, keyed req, DeleteObjectError);
@@ -59,10 +60,13 @@ pub(super) async fn delete_objects(
     for k in keys {
         let versioned = objects.iter().any(|o| o.key == k && o.version_id.is_some());
         if versioned {
-            held.insert(k.to_owned(), tier.begin_write(&bucket, k).await?);
+            held.insert(
+                k.to_owned(),
+                tier.begin_write(&bucket, k).await.map_err(tier_error)?,
+            );
             continue;
         }
-        match tier.delete(&bucket, k).await? {
+        match tier.delete(&bucket, k).await.map_err(tier_error)? {
             Deletion::Journaled => journaled.push(k.to_owned()),
             Deletion::InBucket(g) => {
                 held.insert(k.to_owned(), g);

@@ -8,8 +8,7 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use super::conditions::conditions_of;
 use super::{S3Handler, proxied, tiered};
 use crate::error::{not_found_as, upstream_error};
-use crate::tier::index::{CachedObject, Slot};
-use crate::tier::{Range, Tier};
+use tier::{CachedObject, KeyState, Range, Tier};
 
 pub(super) async fn get_object(
     gw: &S3Handler,
@@ -22,12 +21,12 @@ pub(super) async fn get_object(
         && req.input.sse_customer_key.is_none();
     if let Some(tier) = &gw.tier {
         match tier.lookup(&bucket, &key) {
-            Some(Slot::Deleted { .. }) => return Err(no_such_key()),
-            Some(Slot::Object(obj)) if plain => {
+            Some(KeyState::Deleted { .. }) => return Err(no_such_key()),
+            Some(KeyState::Object(obj)) if plain => {
                 return serve_from_tier(tier, &bucket, &key, obj, &req.input, &cond);
             }
             // partNumber and versions are the bucket copy's business: it must be current.
-            Some(Slot::Object(_)) => gw.flushed(&bucket, &[key.as_str()]).await?,
+            Some(KeyState::Object(_)) => gw.flushed(&bucket, &[key.as_str()]).await?,
             None => {}
         }
     }
@@ -40,21 +39,18 @@ pub(super) async fn get_object(
         resp.output.e_tag.as_ref(),
         resp.output.last_modified.as_ref(),
     )?;
-    if let Some(tier) = &gw.tier {
+    if let Some(tier) = &gw.tier
+        && let Some(body) = resp.output.body.take()
+    {
         let len = resp
             .output
             .content_length
             .and_then(|l| u64::try_from(l).ok())
             .unwrap_or(0);
-        tier.metrics().misses.inc();
-        tier.metrics().bytes_from_bucket.inc_by(len);
-        if whole
-            && tier.admits(len)
-            && let Some(body) = resp.output.body.take()
-        {
-            let meta = tiered::meta_from_get(&resp.output);
-            resp.output.body = Some(tier.admit_on_read(&bucket, &key, len, meta, body));
-        }
+        let meta = tiered::meta_from_get(&resp.output);
+        resp.output.body = Some(super::body::blob(
+            tier.fill(&bucket, &key, len, meta, body, whole),
+        ));
     }
     Ok(resp)
 }
@@ -73,19 +69,17 @@ fn serve_from_tier(
     input: &GetObjectInput,
     cond: &super::conditions::Conditions,
 ) -> S3Result<S3Response<GetObjectOutput>> {
-    let last_modified = tiered::timestamp_ms(obj.meta.last_modified_ms);
-    cond.check(
-        Some(&ETag::Strong(obj.meta.etag.clone())),
-        Some(&last_modified),
-    )?;
-    let size = obj.size;
+    let meta = obj.meta();
+    let last_modified = tiered::timestamp_ms(meta.last_modified_ms);
+    cond.check(Some(&ETag::Strong(meta.etag.clone())), Some(&last_modified))?;
+    let size = obj.size();
     let span = match &input.range {
         None => 0..size,
         Some(r) => r
             .check(size)
             .map_err(|_| s3_error!(InvalidRange, "The requested range is not satisfiable"))?,
     };
-    let mut out = tiered::get_output(&obj.meta, span.end - span.start);
+    let mut out = tiered::get_output(meta, span.end - span.start);
     if input.range.is_some() {
         out.content_range = Some(format!(
             "bytes {}-{}/{}",
@@ -94,12 +88,7 @@ fn serve_from_tier(
             size
         ));
     }
-    if obj.layout.is_some() {
-        tier.metrics().hits.inc();
-    } else {
-        tier.metrics().journal_reads.inc();
-    }
-    out.body = Some(tier.read(
+    out.body = Some(super::body::blob(tier.read(
         bucket,
         key,
         obj,
@@ -107,7 +96,7 @@ fn serve_from_tier(
             start: span.start,
             end: span.end,
         },
-    ));
+    )));
     let mut resp = S3Response::new(out);
     if input.range.is_some() {
         resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
@@ -125,16 +114,14 @@ pub(super) async fn head_object(
         && req.input.sse_customer_key.is_none();
     if let Some(tier) = &gw.tier {
         match tier.lookup(&req.input.bucket, &req.input.key) {
-            Some(Slot::Deleted { .. }) => return Err(no_such_key()),
-            Some(Slot::Object(obj)) if plain => {
-                let last_modified = tiered::timestamp_ms(obj.meta.last_modified_ms);
-                cond.check(
-                    Some(&ETag::Strong(obj.meta.etag.clone())),
-                    Some(&last_modified),
-                )?;
-                return Ok(S3Response::new(tiered::head_output(&obj.meta, obj.size)));
+            Some(KeyState::Deleted { .. }) => return Err(no_such_key()),
+            Some(KeyState::Object(obj)) if plain => {
+                let meta = obj.meta();
+                let last_modified = tiered::timestamp_ms(meta.last_modified_ms);
+                cond.check(Some(&ETag::Strong(meta.etag.clone())), Some(&last_modified))?;
+                return Ok(S3Response::new(tiered::head_output(meta, obj.size())));
             }
-            Some(Slot::Object(_)) => {
+            Some(KeyState::Object(_)) => {
                 gw.flushed(&req.input.bucket, &[req.input.key.as_str()])
                     .await?;
             }

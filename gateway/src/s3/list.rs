@@ -60,7 +60,10 @@ fn no_empty_delimiter(d: &mut Option<Delimiter>) {
 /// listing shows every write acknowledged before it.
 async fn flush_listed(gw: &S3Handler, bucket: &str, prefix: Option<&str>) -> S3Result<()> {
     match &gw.tier {
-        Some(t) => t.flush_prefix(bucket, prefix.unwrap_or("")).await,
+        Some(t) => t
+            .flush_prefix(bucket, prefix.unwrap_or(""))
+            .await
+            .map_err(crate::error::tier_error),
         None => Ok(()),
     }
 }

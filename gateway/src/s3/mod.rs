@@ -6,7 +6,9 @@
 //! [`crate::error::refine_proxy_error`]); anything else answers 501 NotImplemented. One file
 //! per family of operations, as in garage's `api/s3/`.
 
+mod body;
 mod bucket;
+mod check;
 mod conditions;
 mod copy;
 mod delete;
@@ -61,7 +63,7 @@ pub struct S3Handler {
     /// The region this endpoint reports.
     pub(crate) region: String,
     /// The serverless-memory tier, when enabled.
-    pub(crate) tier: Option<std::sync::Arc<crate::tier::Tier>>,
+    pub(crate) tier: Option<std::sync::Arc<tier::Tier>>,
     /// Which keys the backing store takes (checked before a write-back is acknowledged).
     pub(crate) keys: crate::backend::KeyRules,
 }
@@ -72,7 +74,7 @@ impl S3Handler {
     pub fn new(
         backend: &crate::backend::BackendClients,
         region: String,
-        tier: Option<std::sync::Arc<crate::tier::Tier>>,
+        tier: Option<std::sync::Arc<tier::Tier>>,
         keys: crate::backend::KeyRules,
     ) -> Self {
         Self {
@@ -86,19 +88,21 @@ impl S3Handler {
     }
 
     /// Before an operation passed straight to the bucket reads the bucket's copy of these keys:
-    /// their unpersisted writes go first (see [`crate::tier::Tier::flush`]).
+    /// their unpersisted writes go first (see [`tier::Tier::flush`]).
     pub(crate) async fn flushed(&self, bucket: &str, keys: &[&str]) -> s3s::S3Result<()> {
         let Some(tier) = &self.tier else {
             return Ok(());
         };
         let owned: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
-        tier.flush(bucket, &owned).await
+        tier.flush(bucket, &owned)
+            .await
+            .map_err(crate::error::tier_error)
     }
 
     /// Runs `op`, a write of `key` passed straight to the bucket, in the key's commit order:
     /// after its acknowledged writes are in the bucket, with no write-back commit of the key
     /// meanwhile, and the tier forgets the key's old contents afterwards (see
-    /// [`crate::tier::Tier::begin_write`]).
+    /// [`tier::Tier::begin_write`]).
     pub(crate) async fn write_through<T, Fut>(
         &self,
         bucket: &str,
@@ -111,7 +115,10 @@ impl S3Handler {
         let Some(tier) = &self.tier else {
             return op().await;
         };
-        let g = tier.begin_write(bucket, key).await?;
+        let g = tier
+            .begin_write(bucket, key)
+            .await
+            .map_err(crate::error::tier_error)?;
         let r = op().await;
         tier.end_write(g, r.is_ok()).await;
         r

@@ -9,8 +9,8 @@ use http::HeaderMap;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
+use super::check::BodyCheck;
 use super::{S3Handler, proxied, tiered};
-use crate::tier::check::BodyCheck;
 
 pub(super) async fn put_object(
     gw: &S3Handler,
@@ -33,8 +33,16 @@ pub(super) async fn put_object(
             .take()
             .unwrap_or_else(|| StreamingBlob::from(s3s::Body::empty()));
         let stored = tier
-            .put(&req.input.bucket, &req.input.key, len, meta, body, check)
-            .await?;
+            .put(
+                &req.input.bucket,
+                &req.input.key,
+                len,
+                meta,
+                body,
+                Box::new(check),
+            )
+            .await
+            .map_err(crate::error::tier_error)?;
         let mut out = PutObjectOutput {
             e_tag: Some(ETag::Strong(stored.etag.clone())),
             ..Default::default()

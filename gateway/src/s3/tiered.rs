@@ -2,7 +2,7 @@
 
 use s3s::dto::*;
 
-use crate::tier::meta::ObjectMeta;
+use tier::ObjectMeta;
 
 fn fmt_http_date(t: &Timestamp) -> Option<String> {
     let mut buf = Vec::new();

@@ -34,9 +34,10 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
+use crate::chunks::{ChunkError, ChunkName, ChunkStore};
 use crate::config::FunctionsConfig;
-use crate::tier::chunks::{ChunkError, ChunkName, ChunkStore};
-use crate::tier::index::FunctionId;
+use crate::error::TierError;
+use crate::index::FunctionId;
 
 /// Labels of invocation counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -143,7 +144,7 @@ impl Node {
 /// Least time between a failed invocation of a function and the next one.
 pub const INVOKE_RETRY: Duration = Duration::from_millis(500);
 
-struct Slot {
+struct FunctionSlot {
     node: Mutex<Node>,
     ready: Notify,
 }
@@ -154,7 +155,7 @@ pub struct Pool {
     lambda: aws_sdk_lambda::Client,
     tokens: InvocationTokens,
     callback: String,
-    slots: Vec<Slot>,
+    slots: Vec<FunctionSlot>,
     metrics: PoolMetrics,
     events: mpsc::UnboundedSender<PoolEvent>,
     _listener_task: tokio::task::JoinHandle<()>,
@@ -207,29 +208,6 @@ fn lock(n: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
     n.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Builds the Lambda client for `endpoint`.
-pub async fn lambda_client(cfg: &FunctionsConfig, endpoint: &str) -> aws_sdk_lambda::Client {
-    let creds = crate::credentials::provider(
-        &cfg.lambda_access_key,
-        &cfg.lambda_secret_key,
-        &cfg.lambda_region,
-    )
-    .await;
-    let mut conf = aws_sdk_lambda::Config::builder();
-    if crate::backend::is_loopback(endpoint) {
-        conf = conf.http_client(crate::backend::direct_http_client());
-    }
-    let conf = conf
-        .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
-        .region(aws_sdk_lambda::config::Region::new(
-            cfg.lambda_region.clone(),
-        ))
-        .endpoint_url(endpoint)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_lambda::Client::from_conf(conf)
-}
-
 impl Pool {
     /// Binds the callback listener and starts accepting dial-backs.
     pub async fn start(
@@ -237,14 +215,14 @@ impl Pool {
         lambda: aws_sdk_lambda::Client,
         secret: Vec<u8>,
         registry: &mut Registry,
-    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<PoolEvent>), crate::GatewayError> {
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<PoolEvent>), TierError> {
         let tokens = InvocationTokens::new();
         let mut lc = ListenerConfig::new(cfg.callback_listen, secret);
         lc.tokens = Some(tokens.clone());
         let mut listener =
             CallbackListener::bind_with(lc)
                 .await
-                .map_err(|source| crate::GatewayError::Bind {
+                .map_err(|source| TierError::Listen {
                     addr: cfg.callback_listen,
                     source,
                 })?;
@@ -270,7 +248,7 @@ impl Pool {
                 tokens,
                 callback,
                 slots: (0..cfg.count)
-                    .map(|_| Slot {
+                    .map(|_| FunctionSlot {
                         node: Mutex::new(Node::default()),
                         ready: Notify::new(),
                     })
@@ -294,16 +272,6 @@ impl Pool {
             .parse::<FunctionId>()
             .ok()
             .filter(|f| (*f as usize) < self.slots.len())
-    }
-
-    /// Number of functions.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether the pool has no functions.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
     }
 
     /// A dial-back arrived: it becomes the function's connection.
@@ -618,9 +586,6 @@ impl ChunkStore for PoolStore {
     }
 }
 
-/// How long the pool waits for a function's answer before trying it again.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -757,7 +722,15 @@ mod tests {
             secret: SECRET.to_owned(),
             ..FunctionsConfig::default()
         };
-        let lambda = lambda_client(&cfg, endpoint).await;
+        let conf = aws_sdk_lambda::Config::builder()
+            .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+            .region(aws_sdk_lambda::config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_lambda::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .build();
+        let lambda = aws_sdk_lambda::Client::from_conf(conf);
         Pool::start(
             &cfg,
             lambda,

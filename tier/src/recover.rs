@@ -30,8 +30,9 @@ use futures::future::join_all;
 use tracing::{info, warn};
 
 use super::Tier;
-use super::chunks::{ChunkName, get_piece};
-use super::index::{CachedObject, FunctionId, Slot};
+use super::chunks::{ChunkError, ChunkName, get_piece};
+use super::error::TierError;
+use super::index::{CachedObject, FunctionId, KeyState};
 
 /// Tries per chunk.
 pub const ATTEMPTS: u32 = 4;
@@ -143,9 +144,9 @@ impl Tier {
     }
 
     /// Rebuilds one chunk and writes it to `f`; nothing to do if the object changed.
-    async fn restore_chunk(&self, f: FunctionId, job: &Job) -> Result<(), String> {
+    async fn restore_chunk(&self, f: FunctionId, job: &Job) -> Result<(), TierError> {
         let current = match self.index.get(&job.bucket, &job.key) {
-            Some(Slot::Object(o)) if o.id == job.obj.id => o,
+            Some(KeyState::Object(o)) if o.id == job.obj.id => o,
             _ => return Ok(()),
         };
         let Some(layout) = current.layout.clone() else {
@@ -184,13 +185,12 @@ impl Tier {
                     &self.chunks,
                     codec,
                     current.id,
-                    job.piece,
+                    job.piece as usize,
                     usize::try_from(len).unwrap_or(0),
                     fs,
                     self.cfg.chunk_timeout,
                 )
-                .await
-                .map_err(|(e, _)| format!("surviving chunks: {e}"))?;
+                .await?;
                 let mut b = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
                 for p in &read.parts {
                     b.extend_from_slice(p);
@@ -199,22 +199,15 @@ impl Tier {
             };
             let chunks = tokio::task::spawn_blocking(move || codec.encode(&piece))
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| ChunkError::Coding(e.to_string()))?
+                .map_err(|e| ChunkError::Coding(e.to_string()))?;
             chunks
                 .get(job.chunk as usize)
                 .cloned()
-                .ok_or("chunk index out of range")?
+                .ok_or_else(|| ChunkError::Coding("chunk index out of range".into()))?
         };
-        let name = ChunkName {
-            object: current.id,
-            piece: job.piece,
-            index: u16::try_from(job.chunk).unwrap_or(u16::MAX),
-        };
-        self.chunks
-            .put(f, name, chunk)
-            .await
-            .map_err(|e| e.to_string())?;
+        let name = ChunkName::of(current.id, job.piece as usize, job.chunk as usize);
+        self.chunks.put(f, name, chunk).await?;
         self.recovery.chunks.inc();
         Ok(())
     }

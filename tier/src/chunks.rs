@@ -9,11 +9,15 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use super::ec::{Codec, EcError};
+use super::error::TierError;
 use super::index::FunctionId;
 
 /// Why a chunk operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ChunkError {
+    /// Coding the piece failed (no function involved).
+    #[error("coding: {0}")]
+    Coding(String),
     /// The function has no room.
     #[error("function {0} is full")]
     Full(FunctionId),
@@ -28,6 +32,19 @@ pub enum ChunkError {
     Unavailable(FunctionId, String),
 }
 
+impl ChunkError {
+    /// The function at fault, if one is.
+    pub fn function(&self) -> Option<FunctionId> {
+        match self {
+            ChunkError::Coding(_) => None,
+            ChunkError::Full(f)
+            | ChunkError::NotFound(f)
+            | ChunkError::Corrupt(f)
+            | ChunkError::Unavailable(f, _) => Some(*f),
+        }
+    }
+}
+
 /// A chunk's name: the object (write) it belongs to, the piece and its index in the piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkName {
@@ -37,6 +54,18 @@ pub struct ChunkName {
     pub piece: u32,
     /// Chunk index in the piece (`0..d` data, `d..d+p` parity).
     pub index: u16,
+}
+
+impl ChunkName {
+    /// Chunk `index` of piece `piece` of `object` (positions as the layout counts them; a
+    /// layout never has more than `u32::MAX` pieces or 256 chunks per piece).
+    pub fn of(object: u128, piece: usize, index: usize) -> Self {
+        ChunkName {
+            object,
+            piece: u32::try_from(piece).unwrap_or(u32::MAX),
+            index: u16::try_from(index).unwrap_or(u16::MAX),
+        }
+    }
 }
 
 /// Where chunks live: the function pool.
@@ -58,29 +87,25 @@ pub trait ChunkStore: Send + Sync + 'static {
 
 /// Encodes `piece` (on a blocking thread: coding is CPU work) and stores its chunks on
 /// `functions` (one per chunk, distinct), all at once.
-pub async fn put_piece(
+pub(crate) async fn put_piece(
     store: &Arc<dyn ChunkStore>,
     codec: Codec,
     object: u128,
-    piece_index: u32,
+    piece_index: usize,
     piece: Bytes,
     functions: &[FunctionId],
 ) -> Result<(), ChunkError> {
     let chunks = tokio::task::spawn_blocking(move || codec.encode(&piece))
         .await
-        .map_err(|e| ChunkError::Unavailable(u32::MAX, format!("encoder task: {e}")))?
-        .map_err(|e| ChunkError::Unavailable(u32::MAX, format!("encode: {e}")))?;
+        .map_err(|e| ChunkError::Coding(format!("encoder task: {e}")))?
+        .map_err(|e| ChunkError::Coding(format!("encode: {e}")))?;
     let mut puts: FuturesUnordered<_> = chunks
         .into_iter()
         .zip(functions.iter().copied())
         .enumerate()
         .map(|(i, (data, f))| {
             let store = store.clone();
-            let name = ChunkName {
-                object,
-                piece: piece_index,
-                index: u16::try_from(i).unwrap_or(u16::MAX),
-            };
+            let name = ChunkName::of(object, piece_index, i);
             async move { store.put(f, name, data).await }
         })
         .collect();
@@ -99,40 +124,34 @@ pub async fn put_piece(
 pub const DECODE_GRACE: Duration = Duration::from_millis(3);
 
 /// Outcome of reading a piece.
-pub struct PieceRead {
+pub(crate) struct PieceRead {
     /// The piece's bytes, as consecutive parts (the data chunks themselves when no decoding
     /// was needed: no copy), `piece_len` bytes in all.
     pub parts: Vec<Bytes>,
     /// Whether parity was needed.
     pub decoded: bool,
-    /// Chunks that failed (to report lost functions).
-    pub failures: Vec<ChunkError>,
 }
 
 /// Reads piece `piece_index` (`piece_len` bytes) of `object`: asks all `d + p` functions at
 /// once and decodes as soon as any `d` chunks have arrived ("first-d"), after a short
 /// [`DECODE_GRACE`] for missing data chunks; the slower requests are dropped. Each request has
 /// `timeout`.
-pub async fn get_piece(
+pub(crate) async fn get_piece(
     store: &Arc<dyn ChunkStore>,
     codec: Codec,
     object: u128,
-    piece_index: u32,
+    piece_index: usize,
     piece_len: usize,
     functions: &[FunctionId],
     timeout: Duration,
-) -> Result<PieceRead, (EcError, Vec<ChunkError>)> {
+) -> Result<PieceRead, TierError> {
     let mut gets: FuturesUnordered<_> = functions
         .iter()
         .copied()
         .enumerate()
         .map(|(i, f)| {
             let store = store.clone();
-            let name = ChunkName {
-                object,
-                piece: piece_index,
-                index: u16::try_from(i).unwrap_or(u16::MAX),
-            };
+            let name = ChunkName::of(object, piece_index, i);
             async move {
                 let r = match tokio::time::timeout(timeout, store.get(f, name, 0, None)).await {
                     Ok(r) => r,
@@ -196,24 +215,18 @@ pub async fn get_piece(
         return Ok(PieceRead {
             parts,
             decoded: false,
-            failures,
         });
     }
     let given = have;
-    let decoded = tokio::task::spawn_blocking(move || codec.decode(piece_len, &given))
-        .await
-        .map_err(|e| {
-            (
-                EcError::BadChunk(format!("decoder task: {e}")),
-                failures.clone(),
-            )
-        })?;
+    let decoded = match tokio::task::spawn_blocking(move || codec.decode(piece_len, &given)).await {
+        Ok(r) => r,
+        Err(e) => Err(EcError::BadChunk(format!("decoder task: {e}"))),
+    };
     match decoded {
         Ok(data) => Ok(PieceRead {
             parts: vec![data],
             decoded: true,
-            failures,
         }),
-        Err(e) => Err((e, failures)),
+        Err(source) => Err(TierError::Decode { source, failures }),
     }
 }

@@ -2,22 +2,18 @@
 //! while the current one is sent), dirty objects without chunks from the journal, and misses
 //! streamed from the bucket while being admitted.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use futures::{Stream, StreamExt};
-use s3s::StdError;
-use s3s::dto::StreamingBlob;
-use s3s::stream::{ByteStream, RemainingLength};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::Tier;
-use super::body::{self, BodySender};
+use super::body::{self, BodySender, Fill, TierBody};
 use super::chunks::{get_piece, put_piece};
+use super::error::{BackendError, TierError};
 use super::index::{CachedObject, Layout};
 use super::meta::ObjectMeta;
 
@@ -47,23 +43,22 @@ const JOURNAL_READ: usize = 1 << 20;
 /// Frames buffered between a miss's client stream and its admission.
 const ADMISSION_FRAMES: usize = 512;
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct ReadFailed(String);
-
-fn failed(msg: String) -> StdError {
-    Box::new(ReadFailed(msg))
-}
-
 impl Tier {
-    /// Streams `range` of an object the tier holds.
+    /// Streams `range` of an object the tier holds (from [`Tier::lookup`]): from function
+    /// memory, or from the journal for a write whose chunks could not be placed. Counted as a
+    /// hit or a journal read.
     pub fn read(
         self: &Arc<Self>,
         bucket: &str,
         key: &str,
         obj: Arc<CachedObject>,
         range: Range,
-    ) -> StreamingBlob {
+    ) -> TierBody {
+        if obj.layout.is_some() {
+            self.metrics.hits.inc();
+        } else {
+            self.metrics.journal_reads.inc();
+        }
         let (tx, body) = body::channel(range.len());
         let tier = self.clone();
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
@@ -80,7 +75,7 @@ impl Tier {
                 let _ = tx.send(Err(e)).await;
             }
         });
-        StreamingBlob::new(body)
+        body
     }
 
     async fn send_from_memory(
@@ -91,7 +86,7 @@ impl Tier {
         layout: &Layout,
         range: Range,
         tx: &BodySender,
-    ) -> Result<(), StdError> {
+    ) -> Result<(), TierError> {
         if range.is_empty() {
             return Ok(());
         }
@@ -110,7 +105,7 @@ impl Tier {
                     &store,
                     codec,
                     id,
-                    u32::try_from(i).unwrap_or(u32::MAX),
+                    usize::try_from(i).unwrap_or(usize::MAX),
                     usize::try_from(len).unwrap_or(usize::MAX),
                     &fs,
                     timeout,
@@ -140,13 +135,19 @@ impl Tier {
                     }
                     (p.parts, true)
                 }
-                Err((e, failures)) => {
-                    tracing::warn!(bucket, key, piece = i, error = %e, lost = failures.len(), "piece unreadable from memory; reading it from the journal or the bucket");
+                Err(e) => {
+                    tracing::warn!(bucket, key, piece = i, error = %e, "piece unreadable from memory; reading it from the journal or the bucket");
                     broken = true;
-                    (
-                        vec![self.read_span(bucket, key, obj, off, len).await?],
-                        false,
-                    )
+                    let span =
+                        self.read_span(bucket, key, obj, off, len)
+                            .await
+                            .map_err(|cause| TierError::Unreadable {
+                                bucket: bucket.to_owned(),
+                                key: key.to_owned(),
+                                piece: i,
+                                cause: Box::new(cause),
+                            })?;
+                    (vec![span], false)
                 }
             };
             // Send the requested part of the piece, part by part (no copy).
@@ -195,22 +196,19 @@ impl Tier {
         obj: &CachedObject,
         off: u64,
         len: u64,
-    ) -> Result<Bytes, StdError> {
+    ) -> Result<Bytes, TierError> {
         if let Some(seq) = obj.journal_seq {
-            let mut f = self
-                .journal
-                .open_data(seq, off)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
+            let mut f = self.journal.open_data(seq, off).await?;
             let mut buf = BytesMut::zeroed(usize::try_from(len).unwrap_or(0));
-            f.read_exact(&mut buf)
-                .await
-                .map_err(|e| failed(format!("journal read: {e}")))?;
+            f.read_exact(&mut buf).await.map_err(|source| {
+                TierError::Journal(super::journal::JournalError::Io {
+                    path: self.journal.path(seq),
+                    source,
+                })
+            })?;
             return Ok(buf.freeze());
         }
-        self.bucket_range(bucket, key, obj, off, len)
-            .await
-            .map_err(failed)
+        self.bucket_range(bucket, key, obj, off, len).await
     }
 
     /// `len` bytes at `off` of the bucket's copy of `obj` (If-Match its ETag, so a newer
@@ -222,7 +220,7 @@ impl Tier {
         obj: &CachedObject,
         off: u64,
         len: u64,
-    ) -> Result<Bytes, String> {
+    ) -> Result<Bytes, TierError> {
         let out = self
             .client
             .get_object()
@@ -232,23 +230,27 @@ impl Tier {
             .if_match(format!("\"{}\"", obj.meta.etag))
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "bucket read: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                )
-            })?;
+            .map_err(|e| BackendError::from_sdk(&e))?;
+        let invalid = |message: String| {
+            TierError::Backend(BackendError {
+                failure: super::error::BackendFailure::InvalidResponse,
+                status: None,
+                code: None,
+                message,
+                headers: Vec::new(),
+            })
+        };
         let data = out
             .body
             .collect()
             .await
-            .map_err(|e| format!("bucket read: {e}"))?
+            .map_err(|e| invalid(format!("reading the bucket's body: {e}")))?
             .into_bytes();
         if data.len() as u64 != len {
-            return Err(format!(
+            return Err(invalid(format!(
                 "bucket returned {} bytes, expected {len}",
                 data.len()
-            ));
+            )));
         }
         Ok(data)
     }
@@ -261,7 +263,7 @@ impl Tier {
         obj: &CachedObject,
         range: Range,
         tx: &BodySender,
-    ) -> Result<(), StdError> {
+    ) -> Result<(), TierError> {
         let mut pos = range.start;
         while pos < range.end {
             let n = (range.end - pos).min(JOURNAL_READ as u64);
@@ -279,17 +281,30 @@ impl Tier {
         Ok(())
     }
 
-    /// Wraps the body of a whole-object GET from the bucket so that, while it streams to the
-    /// client, it is cut into pieces and placed in function memory. The client is never slowed
-    /// down: if admission falls behind, it is abandoned.
-    pub fn admit_on_read(
+    /// A GET the tier could not serve, answered from the bucket: counted as a miss, and when
+    /// it reads the whole object (`whole`) of a size the tier admits, `body` is cut into
+    /// pieces and placed in function memory while it streams to the client. The gateway never
+    /// holds the whole object, and the client is never slowed down: if admission falls behind,
+    /// it is abandoned.
+    pub fn fill<B>(
         self: &Arc<Self>,
         bucket: &str,
         key: &str,
         size: u64,
         meta: ObjectMeta,
-        body: StreamingBlob,
-    ) -> StreamingBlob {
+        body: B,
+        whole: bool,
+    ) -> Fill<B> {
+        self.metrics.misses.inc();
+        self.metrics.bytes_from_bucket.inc_by(size);
+        let pass = |body| Fill {
+            inner: body,
+            tx: None,
+            remaining: size,
+        };
+        if !whole || !self.admits(size) {
+            return pass(body);
+        }
         let id: u128 = rand::random();
         let pieces =
             usize::try_from(Layout::piece_count(size, self.piece_size)).unwrap_or(usize::MAX);
@@ -298,7 +313,7 @@ impl Tier {
             .place(bucket, key, id, size, pieces, self.codec.total())
         else {
             self.metrics.admission_failures.inc();
-            return body;
+            return pass(body);
         };
         let ticket = self.index.begin_fill();
         let (tx, rx) = mpsc::channel::<Bytes>(ADMISSION_FRAMES);
@@ -339,11 +354,11 @@ impl Tier {
                 }));
             }
         });
-        StreamingBlob::new(Tee {
+        Fill {
             inner: body,
             tx: Some(tx),
             remaining: size,
-        })
+        }
     }
 
     /// Receives the object's bytes and places them piece by piece; true when all of it was
@@ -394,51 +409,8 @@ impl Tier {
         let Some(fs) = layout.functions.get(index) else {
             return false;
         };
-        put_piece(
-            &self.chunks,
-            layout.codec,
-            id,
-            u32::try_from(index).unwrap_or(u32::MAX),
-            piece,
-            fs,
-        )
-        .await
-        .is_ok()
-    }
-}
-
-/// The bucket's body, copied to the admission task as it passes.
-struct Tee {
-    inner: StreamingBlob,
-    tx: Option<mpsc::Sender<Bytes>>,
-    remaining: u64,
-}
-
-impl Stream for Tee {
-    type Item = Result<Bytes, StdError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_next(cx);
-        match &r {
-            Poll::Ready(Some(Ok(b))) => {
-                this.remaining = this.remaining.saturating_sub(b.len() as u64);
-                if let Some(tx) = &this.tx
-                    && tx.try_send(b.clone()).is_err()
-                {
-                    // Admission is behind or gone: let the client go on alone.
-                    this.tx = None;
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.tx = None,
-            _ => {}
-        }
-        r
-    }
-}
-
-impl ByteStream for Tee {
-    fn remaining_length(&self) -> RemainingLength {
-        RemainingLength::new_exact(usize::try_from(self.remaining).unwrap_or(usize::MAX))
+        put_piece(&self.chunks, layout.codec, id, index, piece, fs)
+            .await
+            .is_ok()
     }
 }

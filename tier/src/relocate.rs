@@ -41,7 +41,7 @@ impl Tier {
                     &self.chunks,
                     layout.codec,
                     obj.id,
-                    *piece,
+                    *piece as usize,
                     len,
                     fs,
                     self.cfg.chunk_timeout,
@@ -61,11 +61,7 @@ impl Tier {
                     return;
                 };
                 for m in ms {
-                    let name = ChunkName {
-                        object: obj.id,
-                        piece: *piece,
-                        index: u16::try_from(m.chunk).unwrap_or(u16::MAX),
-                    };
+                    let name = ChunkName::of(obj.id, *piece as usize, m.chunk as usize);
                     let Some(chunk) = chunks.get(m.chunk as usize).cloned() else {
                         return;
                     };
@@ -85,11 +81,7 @@ impl Tier {
                 for ms in by_piece.values() {
                     for m in ms {
                         if let Some(from) = m.from {
-                            let name = ChunkName {
-                                object: obj.id,
-                                piece: m.piece,
-                                index: u16::try_from(m.chunk).unwrap_or(u16::MAX),
-                            };
+                            let name = ChunkName::of(obj.id, m.piece as usize, m.chunk as usize);
                             let _ = self.chunks.delete(from, name).await;
                         }
                     }

@@ -239,11 +239,6 @@ impl Journal {
         Ok((journal, replayed))
     }
 
-    /// Capacity in bytes.
-    pub fn capacity(&self) -> u64 {
-        self.capacity
-    }
-
     /// Bytes of data currently reserved or held.
     pub fn used(&self) -> u64 {
         let free = self.space.available_permits() as u64;
@@ -404,11 +399,6 @@ impl RecordWriter {
         self.file.write_all(data).await.map_err(io(&self.tmp))?;
         self.written += data.len() as u64;
         Ok(())
-    }
-
-    /// Bytes of data written.
-    pub fn written(&self) -> u64 {
-        self.written
     }
 
     /// Appends the header and footer, fsyncs, renames into place as record `header.seq` and

@@ -32,9 +32,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, error, info, warn};
 
+use super::error::BackendError;
 use super::journal::{Journal, RecordHeader, RecordKind, Reservation};
-use super::meta::ObjectMeta;
-use crate::error::upstream_error;
 
 /// First retry delay after a failed upload.
 pub const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -48,45 +47,21 @@ pub const MIN_UPLOAD_RATE: u64 = 1 << 20;
 pub type ObjectPath = (String, String);
 
 /// Why an attempt to persist failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
     /// It may succeed later: retried.
     Transient(String),
     /// The bucket refused it for good: a dead letter.
-    Refused(String),
+    Refused(BackendError),
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Transient(m) | Failure::Refused(m) => f.write_str(m),
+            Failure::Transient(m) => f.write_str(m),
+            Failure::Refused(e) => write!(f, "{e}"),
         }
     }
-}
-
-/// 4xx codes that are not a refusal of the write itself: throttling, timeouts, credentials
-/// being refreshed, a clock off, a multipart upload that vanished (it is started anew).
-const TRANSIENT_CODES: &[&str] = &[
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestThrottled",
-    "RequestLimitExceeded",
-    "TooManyRequests",
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-    "ExpiredToken",
-    "TokenRefreshRequired",
-    "OperationAborted",
-    "NoSuchUpload",
-];
-
-/// Whether the bucket's answer (`status`, error `code`) refuses the write for good.
-pub fn is_refusal(status: u16, code: Option<&str>) -> bool {
-    (400..500).contains(&status)
-        && status != 408
-        && status != 429
-        && !code.is_some_and(|c| TRANSIENT_CODES.contains(&c))
 }
 
 /// Classifies a failed backing-store call.
@@ -94,19 +69,11 @@ fn classify<E>(e: &SdkError<E, HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let err = upstream_error(e);
-    let msg = format!(
-        "{}: {}",
-        err.code().as_str(),
-        err.message().unwrap_or_default()
-    );
-    match e {
-        SdkError::ServiceError(se) if is_refusal(se.raw().status().as_u16(), se.err().code()) => {
-            Failure::Refused(msg)
-        }
-        // The SDK cannot build a request for this key or metadata: no retry changes that.
-        SdkError::ConstructionFailure(_) => Failure::Refused(msg),
-        _ => Failure::Transient(msg),
+    let be = BackendError::from_sdk(e);
+    if be.is_refusal() {
+        Failure::Refused(be)
+    } else {
+        Failure::Transient(be.to_string())
     }
 }
 
@@ -230,7 +197,7 @@ impl State {
 /// What a finished upload reports to the tier (to mark the cached copy clean).
 pub type OnPersisted = Arc<dyn Fn(&RecordHeader) + Send + Sync>;
 /// What a refusal reports to the tier (the record and the bucket's answer).
-pub type OnRefused = Arc<dyn Fn(&RecordHeader, &str) + Send + Sync>;
+pub(crate) type OnRefused = Arc<dyn Fn(&RecordHeader, &BackendError) + Send + Sync>;
 
 /// How the persister reaches the bucket.
 pub struct PersistConfig {
@@ -548,7 +515,8 @@ impl Persister {
                 }
                 Err(Failure::Refused(e)) => {
                     self.metrics.persist_failures.inc();
-                    self.dead_letter(&path, &header, e).await;
+                    (self.on_refused)(&header, &e);
+                    self.dead_letter(&path, &header, e.to_string()).await;
                     return;
                 }
             }
@@ -564,7 +532,6 @@ impl Persister {
             tokio::time::sleep(RETRY_MIN).await;
         }
         self.metrics.dead_lettered.inc();
-        (self.on_refused)(header, &why);
         let mut st = self.lock();
         st.oldest.remove(&header.seq);
         let again = st
@@ -936,9 +903,6 @@ pub fn expected_etag(
     format!("{}-{}", hex::encode(h.finalize()), part_md5s.len())
 }
 
-/// Metadata kept for replay; re-exported for the writer.
-pub type Meta = ObjectMeta;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -948,32 +912,6 @@ mod tests {
         assert_eq!(backoff(1, RETRY_MAX), RETRY_MIN);
         assert_eq!(backoff(2, RETRY_MAX), RETRY_MIN * 2);
         assert_eq!(backoff(40, RETRY_MAX), RETRY_MAX);
-    }
-
-    #[test]
-    fn refusals_are_4xx_other_than_throttling_and_timeouts() {
-        for (status, code) in [
-            (400, Some("InvalidRequest")),
-            (400, Some("KeyTooLongError")),
-            (403, Some("AccessDenied")),
-            (400, Some("KMS.DisabledException")),
-            (404, Some("NoSuchBucket")),
-            (400, None),
-        ] {
-            assert!(is_refusal(status, code), "{status} {code:?}");
-        }
-        for (status, code) in [
-            (500, Some("InternalError")),
-            (503, Some("SlowDown")),
-            (400, Some("RequestTimeout")),
-            (400, Some("ExpiredToken")),
-            (403, Some("RequestTimeTooSkewed")),
-            (404, Some("NoSuchUpload")),
-            (408, None),
-            (429, None),
-        ] {
-            assert!(!is_refusal(status, code), "{status} {code:?}");
-        }
     }
 
     #[test]

@@ -38,16 +38,6 @@ fn enable(h: &mut ChecksumHasher, algorithm: &str) {
 }
 
 impl BodyCheck {
-    /// Checks nothing.
-    pub fn none() -> Self {
-        Self {
-            hasher: ChecksumHasher::default(),
-            content_md5: None,
-            declared: Checksum::default(),
-            trailers: None,
-        }
-    }
-
     /// From a PutObject request: the algorithms named by `x-amz-sdk-checksum-algorithm`,
     /// `x-amz-trailer` and any checksum header present.
     pub fn for_put(
@@ -157,7 +147,22 @@ impl BodyCheck {
     }
 }
 
-/// The checksums as stored in [`super::meta::ObjectMeta::checksums`].
+impl tier::BodyCheck for BodyCheck {
+    fn update(&mut self, data: &[u8]) {
+        BodyCheck::update(self, data);
+    }
+
+    fn finish(
+        self: Box<Self>,
+        md5: &[u8; 16],
+    ) -> Result<std::collections::BTreeMap<String, String>, tier::TierError> {
+        self.verify(md5)
+            .map(|c| to_map(&c))
+            .map_err(|e| tier::TierError::BadDigest(e.message().unwrap_or_default().to_owned()))
+    }
+}
+
+/// The checksums as stored in [`tier::ObjectMeta::checksums`].
 pub fn to_map(c: &Checksum) -> std::collections::BTreeMap<String, String> {
     [
         ("CRC32", &c.checksum_crc32),

@@ -69,10 +69,6 @@ impl Codec {
     }
 
     /// Parity chunks per piece.
-    pub fn parity(&self) -> usize {
-        self.p
-    }
-
     /// Chunks per piece.
     pub fn total(&self) -> usize {
         self.d + self.p
@@ -153,17 +149,6 @@ impl Codec {
         out.truncate(piece_len);
         Ok(out.freeze())
     }
-
-    /// Rebuilds every missing chunk (data or parity) of a piece from any `d` chunks: what a
-    /// recovery needs to restore a lost function's share.
-    pub fn reconstruct(
-        &self,
-        piece_len: usize,
-        chunks: &[(usize, Bytes)],
-    ) -> Result<Vec<Bytes>, EcError> {
-        let piece = self.decode(piece_len, chunks)?;
-        self.encode(&piece)
-    }
 }
 
 #[cfg(test)]
@@ -205,16 +190,6 @@ mod tests {
             c.decode(piece.len(), &three),
             Err(EcError::NotEnough { .. })
         ));
-    }
-
-    #[test]
-    fn reconstruct_restores_lost_chunks() {
-        let c = Codec::new(3, 2).unwrap();
-        let piece = vec![9u8; 777];
-        let chunks = c.encode(&piece).unwrap();
-        let given: Vec<(usize, Bytes)> =
-            [1, 3, 4].iter().map(|&i| (i, chunks[i].clone())).collect();
-        assert_eq!(c.reconstruct(piece.len(), &given).unwrap(), chunks);
     }
 
     #[test]

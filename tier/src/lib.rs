@@ -18,20 +18,26 @@
 //! unpersisted writes, and writes among them hold the key's commit lock, so an older version
 //! never lands last. A write the bucket refuses for good is a dead letter ([`persist`]).
 
-pub mod body;
-pub mod check;
-pub mod chunks;
-pub mod ec;
-pub mod index;
-pub mod journal;
-pub mod manager;
-pub mod meta;
-pub mod metrics;
-pub mod order;
-pub mod persist;
+pub mod backend;
+mod body;
+mod chunks;
+pub mod config;
+mod ec;
+mod error;
+mod index;
+mod journal;
+mod manager;
+mod meta;
+mod metrics;
+mod order;
+mod persist;
+mod pool;
 mod read;
 mod recover;
 mod relocate;
+mod start;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod write;
 
 use std::collections::HashSet;
@@ -40,19 +46,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use s3s::{S3Error, S3ErrorCode};
-use tracing::warn;
 
-use self::chunks::{ChunkName, ChunkStore};
 use self::ec::Codec;
-use self::index::{CachedObject, FunctionId, Index, Slot};
-use self::journal::{Journal, JournalError, RecordHeader, RecordKind};
+use self::index::Index;
+use self::journal::{Journal, RecordHeader, RecordKind};
 use self::metrics::TierMetrics;
 use self::order::{KeyGuard, KeyLocks};
-use self::persist::{DeadLetter, PersistConfig, Persister};
+use self::persist::{PersistConfig, Persister};
 use crate::config::{TierConfig, WritePolicy};
 
+pub use self::body::{Fill, KnownLength, TierBody};
+pub use self::chunks::{ChunkError, ChunkName, ChunkStore};
+pub use self::ec::EcError;
+pub use self::error::{BackendError, BackendFailure, BoxError, TierError};
+pub use self::index::{CachedObject, FunctionId, KeyState};
+pub use self::journal::JournalError;
+pub use self::meta::ObjectMeta;
+pub use self::persist::DeadLetter;
 pub use self::read::Range;
+pub use self::start::{Running, start};
+pub use self::write::BodyCheck;
 
 /// One chunk to move after a read (promotion into the current bucket, or repair).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +80,9 @@ pub struct Relocation {
     pub to: FunctionId,
 }
 
-/// The memory-management policy, seen from the tier (see [`manager::MemoryManager`]).
+/// The memory-management policy, seen from the tier (the `policy` crate's window or pool
+/// behind `manager::MemoryManager`, or a test's scripted one). The policy decides; the tier
+/// carries out and reports the outcome.
 pub trait Placer: Send + Sync + 'static {
     /// The function of every chunk of every piece (distinct within a piece) for write
     /// `object` of the key, or `None` when the object stays out of memory.
@@ -80,9 +95,21 @@ pub trait Placer: Send + Sync + 'static {
         pieces: usize,
         chunks_per_piece: usize,
     ) -> Option<Vec<Vec<FunctionId>>>;
-    /// Write `object` of the key was read from memory: chunks to move.
+    /// Write `object` of the key was read from memory: chunks to move. Nothing moves in the
+    /// policy's accounting until [`Placer::relocated`] reports the outcome.
     fn on_read(&self, _bucket: &str, _key: &str, _object: u128) -> Vec<Relocation> {
         Vec::new()
+    }
+    /// The moves [`Placer::on_read`] asked for were carried out (`ok`), or given up (the
+    /// chunks stay where they were).
+    fn relocated(
+        &self,
+        _bucket: &str,
+        _key: &str,
+        _object: u128,
+        _moves: &[Relocation],
+        _ok: bool,
+    ) {
     }
     /// Write `object` of the key left memory (deleted, invalidated, not admitted, broken).
     fn forget(&self, _bucket: &str, _key: &str, _object: u128) {}
@@ -130,14 +157,11 @@ impl Tier {
         chunks: Arc<dyn ChunkStore>,
         placer: Arc<dyn Placer>,
         registry: &mut Registry,
-    ) -> Result<Arc<Self>, crate::GatewayError> {
-        let codec = Codec::new(cfg.data_chunks, cfg.parity_chunks).map_err(|e| {
-            crate::GatewayError::Config(crate::config::ConfigError::Invalid(e.to_string()))
-        })?;
+    ) -> Result<Arc<Self>, TierError> {
+        let codec = Codec::new(cfg.data_chunks, cfg.parity_chunks)
+            .map_err(|e| TierError::Config(e.to_string()))?;
         let (journal, replay) =
-            Journal::open(&data_dir.join("journal"), cfg.journal_capacity.as_u64())
-                .await
-                .map_err(|e| crate::GatewayError::Embedded(format!("journal: {e}")))?;
+            Journal::open(&data_dir.join("journal"), cfg.journal_capacity.as_u64()).await?;
         let journal = Arc::new(journal);
         let metrics = TierMetrics::register(registry);
         let recovery = metrics::RecoveryMetrics::register(registry);
@@ -151,8 +175,8 @@ impl Tier {
         let known_buckets: Arc<Mutex<HashSet<String>>> = Arc::default();
         let on_refused: persist::OnRefused = {
             let known = known_buckets.clone();
-            Arc::new(move |h: &RecordHeader, why: &str| {
-                if why.starts_with("NoSuchBucket") {
+            Arc::new(move |h: &RecordHeader, why: &BackendError| {
+                if why.is_no_such_bucket() {
                     known
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -178,10 +202,7 @@ impl Tier {
         for r in replay {
             let path = (r.header.bucket.clone(), r.header.key.clone());
             if let Some(old) = newest.insert(path, r) {
-                journal
-                    .remove(old.header.seq)
-                    .await
-                    .map_err(|e| crate::GatewayError::Embedded(format!("journal: {e}")))?;
+                journal.remove(old.header.seq).await?;
             }
         }
         let mut replay: Vec<journal::Replayed> = newest.into_values().collect();
@@ -194,17 +215,17 @@ impl Tier {
         } in replay
         {
             buckets.insert(h.bucket.clone());
-            let slot = match h.kind {
-                RecordKind::Put => Slot::Object(Arc::new(CachedObject {
+            let state = match h.kind {
+                RecordKind::Put => KeyState::Object(Arc::new(CachedObject {
                     id: rand::random(),
                     size: h.size,
                     meta: h.meta.clone(),
                     layout: None,
                     journal_seq: Some(h.seq),
                 })),
-                RecordKind::Delete => Slot::Deleted { seq: h.seq },
+                RecordKind::Delete => KeyState::Deleted { seq: h.seq },
             };
-            let _ = index.write(&h.bucket, &h.key, h.seq, slot);
+            let _ = index.write(&h.bucket, &h.key, h.seq, state);
             persister.replay(h, space, dead);
         }
         known_buckets
@@ -254,14 +275,9 @@ impl Tier {
         self.cfg.enabled && size >= self.cfg.min_object_size.as_u64()
     }
 
-    /// What the tier knows of a key.
-    pub fn lookup(&self, bucket: &str, key: &str) -> Option<Slot> {
+    /// What the tier knows of a key: `None` when the bucket has whatever it has.
+    pub fn lookup(&self, bucket: &str, key: &str) -> Option<KeyState> {
         self.index.get(bucket, key)
-    }
-
-    /// The tier's metrics.
-    pub fn metrics(&self) -> &TierMetrics {
-        &self.metrics
     }
 
     /// Remembers that `bucket` exists (or not) in the backing store.
@@ -280,7 +296,7 @@ impl Tier {
     /// Checks that `bucket` exists before a write is acknowledged for it: a write-back PUT to a
     /// bucket that does not exist could never be persisted. Known buckets are remembered, so
     /// this needs the backing store only the first time.
-    pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), S3Error> {
+    pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), TierError> {
         if self
             .buckets
             .lock()
@@ -294,34 +310,34 @@ impl Tier {
                 self.note_bucket(bucket, true);
                 Ok(())
             }
-            Err(e) => Err(crate::error::not_found_as(
-                crate::error::upstream_error(&e),
-                S3ErrorCode::NoSuchBucket,
-                "The specified bucket does not exist",
-            )),
+            Err(e) => match BackendError::from_sdk(&e) {
+                be if be.is_no_such_bucket() => Err(TierError::NoSuchBucket(bucket.to_owned())),
+                be => Err(be.into()),
+            },
         }
     }
 
     /// Before an operation that the tier passes to the bucket reads the bucket's copy of
     /// `keys` (tagging, a copy source, partNumber reads): waits until they have no unpersisted
-    /// writes. A key whose newest write the bucket refused (a dead letter) answers
-    /// `403 InvalidObjectState`: the bucket does not hold what the tier serves.
-    pub async fn flush(&self, bucket: &str, keys: &[String]) -> Result<(), S3Error> {
+    /// writes. A key whose newest write the bucket refused is [`TierError::DeadLetter`]: the
+    /// bucket does not hold what the tier serves.
+    pub async fn flush(&self, bucket: &str, keys: &[String]) -> Result<(), TierError> {
         self.wait_clean(bucket, keys).await?;
         match keys.iter().find(|k| self.persister.is_dead(bucket, k)) {
-            Some(k) => Err(dead_letter_error(bucket, k)),
+            Some(k) => Err(TierError::DeadLetter {
+                bucket: bucket.to_owned(),
+                key: k.clone(),
+            }),
             None => Ok(()),
         }
     }
 
-    async fn wait_clean(&self, bucket: &str, keys: &[String]) -> Result<(), S3Error> {
+    async fn wait_clean(&self, bucket: &str, keys: &[String]) -> Result<(), TierError> {
         let timeout = self.cfg.flush_timeout;
         if self.persister.wait_clean(bucket, keys, timeout).await {
             Ok(())
         } else {
-            Err(crate::error::unavailable(format!(
-                "writes to this bucket are not yet persisted (waited {timeout:?}); the backing store may be unreachable"
-            )))
+            Err(TierError::FlushTimeout(timeout))
         }
     }
 
@@ -330,7 +346,7 @@ impl Tier {
     /// the key's commit lock and waits until the key's acknowledged writes are in the bucket,
     /// so the pass-through write lands after them and no write-back commit of the key runs
     /// meanwhile. Finish with [`Tier::end_write`].
-    pub async fn begin_write(&self, bucket: &str, key: &str) -> Result<WriteGuard, S3Error> {
+    pub async fn begin_write(&self, bucket: &str, key: &str) -> Result<WriteGuard, TierError> {
         let guard = self.locks.lock(bucket, key).await;
         self.wait_clean(bucket, &[key.to_owned()]).await?;
         Ok(WriteGuard(guard))
@@ -360,7 +376,7 @@ impl Tier {
 
     /// Waits until no key of `bucket` under `prefix` has unpersisted writes (before a listing).
     /// Dead letters are not waited for: they are not in the bucket's listing.
-    pub async fn flush_prefix(&self, bucket: &str, prefix: &str) -> Result<(), S3Error> {
+    pub async fn flush_prefix(&self, bucket: &str, prefix: &str) -> Result<(), TierError> {
         let keys = self.persister.dirty_under(bucket, prefix);
         if keys.is_empty() {
             return Ok(());
@@ -383,28 +399,27 @@ impl Tier {
     }
 
     /// Retries the dead letter of a key: persisted again at once. Whether there was one.
-    pub async fn retry_dead_letter(&self, bucket: &str, key: &str) -> Result<bool, S3Error> {
-        self.persister
+    pub async fn retry_dead_letter(&self, bucket: &str, key: &str) -> Result<bool, TierError> {
+        Ok(self
+            .persister
             .retry(&(bucket.to_owned(), key.to_owned()))
-            .await
-            .map_err(journal_error)
+            .await?)
     }
 
     /// Discards the dead letter of a key: the acknowledged write is given up, the tier stops
     /// serving it (the key reads as the bucket has it). Whether there was one.
-    pub async fn discard_dead_letter(&self, bucket: &str, key: &str) -> Result<bool, S3Error> {
+    pub async fn discard_dead_letter(&self, bucket: &str, key: &str) -> Result<bool, TierError> {
         let _g = self.locks.lock(bucket, key).await;
         let Some(h) = self
             .persister
             .discard(&(bucket.to_owned(), key.to_owned()))
-            .await
-            .map_err(journal_error)?
+            .await?
         else {
             return Ok(false);
         };
         let held = match self.index.get(bucket, key) {
-            Some(Slot::Object(o)) => o.journal_seq == Some(h.seq),
-            Some(Slot::Deleted { seq }) => seq == h.seq,
+            Some(KeyState::Object(o)) => o.journal_seq == Some(h.seq),
+            Some(KeyState::Deleted { seq }) => seq == h.seq,
             None => false,
         };
         if held {
@@ -416,7 +431,7 @@ impl Tier {
     /// The policy evicted the key from memory: its chunks are freed; a write not yet in the
     /// bucket stays, served from the journal.
     pub fn evict(&self, bucket: &str, key: &str) {
-        if let Some(Slot::Object(obj)) = self.index.get(bucket, key)
+        if let Some(KeyState::Object(obj)) = self.index.get(bucket, key)
             && obj.layout.is_some()
             && self.index.drop_layout(bucket, key, obj.id)
         {
@@ -427,7 +442,7 @@ impl Tier {
     /// Deletes a key: through the journal when it has unpersisted writes (dead letters
     /// included), acknowledged once the delete record is durable; otherwise the caller deletes
     /// it in the bucket, holding the key's commit lock, and calls [`Tier::end_write`].
-    pub async fn delete(&self, bucket: &str, key: &str) -> Result<Deletion, S3Error> {
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<Deletion, TierError> {
         let guard = self.locks.lock(bucket, key).await;
         if !self.persister.is_dirty(bucket, key) {
             return Ok(Deletion::InBucket(WriteGuard(guard)));
@@ -437,13 +452,13 @@ impl Tier {
     }
 
     /// Journals a delete of the key whose commit lock `g` is.
-    async fn journal_delete(&self, g: &KeyGuard) -> Result<(), S3Error> {
+    async fn journal_delete(&self, g: &KeyGuard) -> Result<(), TierError> {
         let (bucket, key) = (g.bucket(), g.key());
         let space = self
             .journal
             .reserve(0, self.cfg.journal_wait)
             .await
-            .map_err(journal_error)?;
+            .map_err(|e| self.journal_refusal(e))?;
         let seq = self.journal.next_seq();
         let header = RecordHeader {
             seq,
@@ -453,11 +468,11 @@ impl Tier {
             size: 0,
             meta: meta::ObjectMeta::default(),
         };
-        self.journal
-            .write_empty(&header)
-            .await
-            .map_err(journal_error)?;
-        if let Ok(Some(old)) = self.index.write(bucket, key, seq, Slot::Deleted { seq }) {
+        self.journal.write_empty(&header).await?;
+        if let Ok(Some(old)) = self
+            .index
+            .write(bucket, key, seq, KeyState::Deleted { seq })
+        {
             self.placer.forget(bucket, key, old.id);
             self.free(old);
         }
@@ -474,47 +489,12 @@ impl Tier {
         tokio::spawn(async move {
             for (p, fs) in layout.functions.iter().enumerate() {
                 for (i, f) in fs.iter().enumerate() {
-                    let name = ChunkName {
-                        object: obj.id,
-                        piece: u32::try_from(p).unwrap_or(u32::MAX),
-                        index: u16::try_from(i).unwrap_or(u16::MAX),
-                    };
+                    let name = ChunkName::of(obj.id, p, i);
                     if let Err(e) = store.delete(*f, name).await {
                         tracing::debug!(function = f, error = %e, "freeing a chunk failed (the function may be gone)");
                     }
                 }
             }
         });
-    }
-}
-
-/// The answer for an operation that needs the bucket's copy of a dead-lettered key.
-fn dead_letter_error(bucket: &str, key: &str) -> S3Error {
-    let mut e = S3Error::with_message(
-        S3ErrorCode::InvalidObjectState,
-        format!(
-            "the newest write of {bucket}/{key} was refused by the backing store and is held by \
-             the gateway as a dead letter; an operator can retry or discard it"
-        ),
-    );
-    e.set_status_code(http::StatusCode::FORBIDDEN);
-    e
-}
-
-/// The S3 error for a journal failure.
-fn journal_error(e: JournalError) -> S3Error {
-    match e {
-        JournalError::Full { .. } => {
-            let mut err = S3Error::with_message(S3ErrorCode::SlowDown, format!("{e}; retry later"));
-            err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
-            err
-        }
-        other => {
-            warn!(error = %other, "journal failure");
-            S3Error::with_message(
-                S3ErrorCode::InternalError,
-                format!("local journal: {other}"),
-            )
-        }
     }
 }

@@ -22,7 +22,8 @@ use tracing::{debug, info};
 
 use super::index::FunctionId;
 use super::{Placer, Relocation};
-use crate::config::{Config, PolicyKind};
+use crate::config::{FunctionsConfig, PolicyKind, PolicySection, TierConfig};
+use crate::error::TierError;
 
 /// Longest time between two ticks.
 pub const TICK_MAX: Duration = Duration::from_secs(1);
@@ -152,18 +153,19 @@ fn split_key(k: &str) -> Option<(String, String)> {
 
 impl MemoryManager {
     /// Builds the configured policy over the pool `[functions]` describes.
-    pub fn new(
-        cfg: &Config,
+    pub(crate) fn new(
+        tier: &TierConfig,
+        functions: &FunctionsConfig,
+        p: &PolicySection,
         registry: &mut Registry,
-    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Action>), crate::config::ConfigError> {
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Action>), TierError> {
         let deployment = policy::Deployment {
-            functions: cfg.functions.count,
-            function_memory_mb: cfg.functions.memory_mb,
-            data_chunks: u32::try_from(cfg.tier.data_chunks).unwrap_or(u32::MAX),
-            parity_chunks: u32::try_from(cfg.tier.parity_chunks).unwrap_or(u32::MAX),
-            min_object_bytes: cfg.tier.min_object_size.as_u64(),
+            functions: functions.count,
+            function_memory_mb: functions.memory_mb,
+            data_chunks: u32::try_from(tier.data_chunks).unwrap_or(u32::MAX),
+            parity_chunks: u32::try_from(tier.parity_chunks).unwrap_or(u32::MAX),
+            min_object_bytes: tier.min_object_size.as_u64(),
         };
-        let p = &cfg.policy;
         let built = match p.kind {
             PolicyKind::Infinicache => {
                 policy::PolicyConfig::Infinicache(p.infinicache.clone().deployed(&deployment))
@@ -171,14 +173,14 @@ impl MemoryManager {
             _ => policy::PolicyConfig::SlidingWindow(p.window.clone().deployed(&deployment)),
         }
         .build()
-        .map_err(|e| crate::config::ConfigError::Invalid(format!("policy: {e}")))?;
+        .map_err(|e| TierError::Config(format!("policy: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let me = Arc::new(Self {
             policy: Mutex::new(built),
             epoch: Instant::now(),
             owners: Mutex::new(HashMap::new()),
-            per_piece: cfg.tier.data_chunks + cfg.tier.parity_chunks,
-            prefix: cfg.functions.name_prefix.clone(),
+            per_piece: tier.data_chunks + tier.parity_chunks,
+            prefix: functions.name_prefix.clone(),
             actions: tx,
             metrics: WindowMetrics::register(registry),
         });

@@ -6,29 +6,41 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::collections::BTreeMap;
+
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use md5::Digest;
-use s3s::dto::StreamingBlob;
-use s3s::{S3Error, S3ErrorCode};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::check::BodyCheck;
+use super::Tier;
 use super::chunks::put_piece;
-use super::index::{CachedObject, Layout, Slot};
+use super::error::{BoxError, TierError};
+use super::index::{CachedObject, FunctionId, KeyState, Layout};
 use super::journal::{RecordHeader, RecordKind};
 use super::meta::ObjectMeta;
 use super::persist::expected_etag;
-use super::{Tier, journal_error};
+
+/// Checks a written-back body against what the client declared (digests, checksums), before
+/// the write is acknowledged. The S3 layer knows the headers and trailers; the tier feeds it
+/// the bytes.
+pub trait BodyCheck: Send {
+    /// Sees the body's bytes, in order.
+    fn update(&mut self, data: &[u8]);
+    /// The body ended with MD5 `md5`: the checksums to keep with the object (by algorithm,
+    /// base64), or why the body does not match ([`TierError::BadDigest`]).
+    fn finish(self: Box<Self>, md5: &[u8; 16]) -> Result<BTreeMap<String, String>, TierError>;
+}
 
 impl Tier {
-    /// The S3 error for journal space not given in time (counted as a SlowDown).
-    fn journal_refusal(&self, e: super::journal::JournalError) -> S3Error {
-        if matches!(e, super::journal::JournalError::Full { .. }) {
+    /// A journal failure; journal space not given in time is counted as a SlowDown.
+    pub(crate) fn journal_refusal(&self, e: super::journal::JournalError) -> TierError {
+        let e = TierError::from(e);
+        if matches!(e, TierError::JournalFull { .. }) {
             self.metrics.slowdowns.inc();
         }
-        journal_error(e)
+        e
     }
 }
 
@@ -47,15 +59,18 @@ fn now_ms() -> u64 {
 impl Tier {
     /// Writes an object of `size` bytes back: journal + memory, then background persistence.
     /// Returns the metadata it was stored with (its ETag is the one the bucket will hold).
-    pub async fn put(
+    pub async fn put<B>(
         self: &Arc<Self>,
         bucket: &str,
         key: &str,
         size: u64,
         mut meta: ObjectMeta,
-        mut body: StreamingBlob,
-        mut check: BodyCheck,
-    ) -> Result<ObjectMeta, S3Error> {
+        mut body: B,
+        mut check: Box<dyn BodyCheck>,
+    ) -> Result<ObjectMeta, TierError>
+    where
+        B: Stream<Item = Result<Bytes, BoxError>> + Unpin + Send,
+    {
         self.ensure_bucket(bucket).await?;
         let mut space = self
             .journal
@@ -73,7 +88,7 @@ impl Tier {
         } else {
             None
         };
-        let mut writer = self.journal.writer().await.map_err(journal_error)?;
+        let mut writer = self.journal.writer().await?;
         let mut md5 = md5::Md5::new();
         let mut part_md5 = md5::Md5::new();
         let mut part_fill = 0u64;
@@ -91,15 +106,7 @@ impl Tier {
             let store = self.chunks.clone();
             let codec = self.codec;
             puts.spawn(async move {
-                let r = put_piece(
-                    &store,
-                    codec,
-                    id,
-                    u32::try_from(index).unwrap_or(u32::MAX),
-                    piece,
-                    &fs,
-                )
-                .await;
+                let r = put_piece(&store, codec, id, index, piece, &fs).await;
                 drop(permit);
                 if let Err(e) = &r {
                     tracing::debug!(error = %e, "placing a piece failed");
@@ -108,15 +115,15 @@ impl Tier {
             });
         };
 
-        let streamed: Result<[u8; 16], S3Error> = async {
+        let streamed: Result<[u8; 16], TierError> = async {
             while let Some(frame) = body.next().await {
-                let data = frame.map_err(|e| crate::error::body_error(e.as_ref()))?;
+                let data = frame.map_err(TierError::Body)?;
                 received += data.len() as u64;
                 if received > size {
-                    return Err(S3Error::with_message(
-                        S3ErrorCode::IncompleteBody,
-                        "the request body is longer than its declared length",
-                    ));
+                    return Err(TierError::BodyLength {
+                        received,
+                        declared: size,
+                    });
                 }
                 if received > space.bytes() {
                     let want = size.min(received.saturating_add(RESERVE_STEP));
@@ -125,7 +132,7 @@ impl Tier {
                         .await
                         .map_err(|e| self.journal_refusal(e))?;
                 }
-                writer.write(&data).await.map_err(journal_error)?;
+                writer.write(&data).await?;
                 md5.update(&data);
                 check.update(&data);
                 let mut rest = &data[..];
@@ -151,18 +158,16 @@ impl Tier {
                 }
             }
             if received != size {
-                return Err(S3Error::with_message(
-                    S3ErrorCode::IncompleteBody,
-                    format!("the request body has {received} bytes, {size} declared"),
-                ));
+                return Err(TierError::BodyLength {
+                    received,
+                    declared: size,
+                });
             }
             let whole: [u8; 16] = md5.finalize_reset().into();
-            let verified = std::mem::replace(&mut check, BodyCheck::none()).verify(&whole)?;
-            meta.checksums = super::check::to_map(&verified);
             Ok(whole)
         }
         .await;
-        let abandon = |placement: &Option<Vec<Vec<super::index::FunctionId>>>| {
+        let abandon = |placement: &Option<Vec<Vec<FunctionId>>>| {
             if let Some(p) = placement {
                 self.placer.forget(bucket, key, id);
                 self.free(Arc::new(CachedObject {
@@ -178,8 +183,15 @@ impl Tier {
                 }));
             }
         };
+        let streamed = match streamed {
+            Ok(whole) => check.finish(&whole).map(|sums| (whole, sums)),
+            Err(e) => Err(e),
+        };
         let whole = match streamed {
-            Ok(w) => w,
+            Ok((whole, sums)) => {
+                meta.checksums = sums;
+                whole
+            }
             Err(e) => {
                 writer.abort().await;
                 puts.abort_all();
@@ -216,7 +228,7 @@ impl Tier {
         };
         if let Err(e) = writer.commit(&self.journal, &header).await {
             abandon(&placement);
-            return Err(journal_error(e));
+            return Err(e.into());
         }
 
         let layout = placement.map(|functions| Layout {
@@ -251,14 +263,14 @@ impl Tier {
                 journal_seq: Some(seq),
             })
         };
-        match self.index.write(bucket, key, seq, Slot::Object(obj)) {
+        match self.index.write(bucket, key, seq, KeyState::Object(obj)) {
             Ok(Some(old)) => {
                 self.placer.forget(bucket, key, old.id);
                 self.free(old);
             }
             Ok(None) => {}
-            Err(Slot::Object(lost)) => self.free(lost),
-            Err(Slot::Deleted { .. }) => {}
+            Err(KeyState::Object(lost)) => self.free(lost),
+            Err(KeyState::Deleted { .. }) => {}
         }
         self.persister.add(header, space);
         Ok(meta)

@@ -17,9 +17,10 @@ use super::meta::ObjectMeta;
 /// Function index in the deployed pool (`{prefix}{i}`).
 pub type FunctionId = u32;
 
-/// Where an object's chunks are.
-#[derive(Debug, Clone)]
-pub struct Layout {
+/// Where an object's chunks are: the one record of it (the policy learns placements from the
+/// tier's outcomes, see [`crate::Placer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
     /// The code.
     pub codec: Codec,
     /// Object bytes per piece (the last piece may be shorter).
@@ -41,24 +42,36 @@ impl Layout {
     }
 }
 
-/// An object the tier holds.
+/// An object the tier holds (in function memory, in the journal, or both).
 #[derive(Debug)]
 pub struct CachedObject {
     /// Names its chunks (unique per write).
-    pub id: u128,
+    pub(crate) id: u128,
     /// Length.
-    pub size: u64,
+    pub(crate) size: u64,
     /// Metadata.
-    pub meta: ObjectMeta,
+    pub(crate) meta: ObjectMeta,
     /// Chunks in function memory, if placed.
-    pub layout: Option<Layout>,
+    pub(crate) layout: Option<Layout>,
     /// The journal record holding its bytes while the bucket does not have them.
-    pub journal_seq: Option<u64>,
+    pub(crate) journal_seq: Option<u64>,
+}
+
+impl CachedObject {
+    /// Length in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// What GET and HEAD answer with (ETag, Last-Modified, headers).
+    pub fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
 }
 
 /// What the index knows of a key.
 #[derive(Debug, Clone)]
-pub enum Slot {
+pub enum KeyState {
     /// The tier holds this object.
     Object(Arc<CachedObject>),
     /// Deleted; the delete (journal record `seq`) is not yet in the bucket.
@@ -72,7 +85,7 @@ type Key = (String, String);
 
 #[derive(Default)]
 struct Inner {
-    slots: HashMap<Key, Slot>,
+    slots: HashMap<Key, KeyState>,
     counter: u64,
     /// Last mutation counter of keys mutated while fills are in flight.
     recent: HashMap<Key, u64>,
@@ -82,13 +95,13 @@ struct Inner {
 
 /// The index.
 #[derive(Default)]
-pub struct Index {
+pub(crate) struct Index {
     inner: Mutex<Inner>,
 }
 
 /// A fill in progress; see [`Index::begin_fill`].
 #[derive(Debug)]
-pub struct FillTicket {
+pub(crate) struct FillTicket {
     start: u64,
 }
 
@@ -100,7 +113,7 @@ impl Index {
     }
 
     /// What the index knows of a key.
-    pub fn get(&self, bucket: &str, key: &str) -> Option<Slot> {
+    pub fn get(&self, bucket: &str, key: &str) -> Option<KeyState> {
         self.lock()
             .slots
             .get(&(bucket.to_owned(), key.to_owned()))
@@ -115,13 +128,13 @@ impl Index {
         bucket: &str,
         key: &str,
         seq: u64,
-        slot: Slot,
-    ) -> Result<Option<Arc<CachedObject>>, Slot> {
+        slot: KeyState,
+    ) -> Result<Option<Arc<CachedObject>>, KeyState> {
         let mut g = self.lock();
         let k = (bucket.to_owned(), key.to_owned());
         let newer = match g.slots.get(&k) {
-            Some(Slot::Deleted { seq: s }) => *s > seq,
-            Some(Slot::Object(o)) => o.journal_seq.is_some_and(|s| s > seq),
+            Some(KeyState::Deleted { seq: s }) => *s > seq,
+            Some(KeyState::Object(o)) => o.journal_seq.is_some_and(|s| s > seq),
             None => false,
         };
         if newer {
@@ -130,7 +143,7 @@ impl Index {
         Self::mutated(&mut g, &k);
         let old = g.slots.insert(k, slot);
         Ok(match old {
-            Some(Slot::Object(o)) => Some(o),
+            Some(KeyState::Object(o)) => Some(o),
             _ => None,
         })
     }
@@ -150,7 +163,7 @@ impl Index {
         let k = (bucket.to_owned(), key.to_owned());
         Self::mutated(&mut g, &k);
         match g.slots.remove(&k) {
-            Some(Slot::Object(o)) => Some(o),
+            Some(KeyState::Object(o)) => Some(o),
             _ => None,
         }
     }
@@ -160,11 +173,11 @@ impl Index {
         let mut g = self.lock();
         let k = (bucket.to_owned(), key.to_owned());
         let replace = match g.slots.get(&k) {
-            Some(Slot::Deleted { seq: s }) if *s == seq => {
+            Some(KeyState::Deleted { seq: s }) if *s == seq => {
                 g.slots.remove(&k);
                 return;
             }
-            Some(Slot::Object(o)) if o.journal_seq == Some(seq) => o.clone(),
+            Some(KeyState::Object(o)) if o.journal_seq == Some(seq) => o.clone(),
             _ => return,
         };
         if replace.layout.is_none() {
@@ -179,7 +192,7 @@ impl Index {
             layout: replace.layout.clone(),
             journal_seq: None,
         };
-        g.slots.insert(k, Slot::Object(Arc::new(clean)));
+        g.slots.insert(k, KeyState::Object(Arc::new(clean)));
     }
 
     /// Drops the memory copy of object `id` (its chunks are gone or evicted). A dirty object
@@ -187,7 +200,7 @@ impl Index {
     pub fn drop_layout(&self, bucket: &str, key: &str, id: u128) -> bool {
         let mut g = self.lock();
         let k = (bucket.to_owned(), key.to_owned());
-        let Some(Slot::Object(o)) = g.slots.get(&k) else {
+        let Some(KeyState::Object(o)) = g.slots.get(&k) else {
             return false;
         };
         if o.id != id {
@@ -203,7 +216,7 @@ impl Index {
                 layout: None,
                 journal_seq: o.journal_seq,
             };
-            g.slots.insert(k, Slot::Object(Arc::new(kept)));
+            g.slots.insert(k, KeyState::Object(Arc::new(kept)));
         }
         true
     }
@@ -237,7 +250,7 @@ impl Index {
         let raced = g.recent.get(&k).is_some_and(|c| *c > t.start);
         let ok = !raced && !g.slots.contains_key(&k);
         if ok {
-            g.slots.insert(k, Slot::Object(Arc::new(obj)));
+            g.slots.insert(k, KeyState::Object(Arc::new(obj)));
         }
         Self::end_fill(&mut g, &t);
         ok
@@ -255,7 +268,7 @@ impl Index {
             .slots
             .iter()
             .filter_map(|((b, k), s)| match s {
-                Slot::Object(o)
+                KeyState::Object(o)
                     if o.layout
                         .as_ref()
                         .is_some_and(|l| l.functions.iter().any(|p| p.contains(&f))) =>
@@ -271,7 +284,7 @@ impl Index {
     pub fn set_layout(&self, bucket: &str, key: &str, id: u128, layout: Layout) -> bool {
         let mut g = self.lock();
         let k = (bucket.to_owned(), key.to_owned());
-        let Some(Slot::Object(o)) = g.slots.get(&k) else {
+        let Some(KeyState::Object(o)) = g.slots.get(&k) else {
             return false;
         };
         if o.id != id {
@@ -284,18 +297,8 @@ impl Index {
             layout: Some(layout),
             journal_seq: o.journal_seq,
         };
-        g.slots.insert(k, Slot::Object(Arc::new(moved)));
+        g.slots.insert(k, KeyState::Object(Arc::new(moved)));
         true
-    }
-
-    /// Number of keys known.
-    pub fn len(&self) -> usize {
-        self.lock().slots.len()
-    }
-
-    /// Whether no key is known.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -321,24 +324,27 @@ mod tests {
     fn newer_writes_win() {
         let ix = Index::default();
         assert!(
-            ix.write("b", "k", 5, Slot::Object(Arc::new(obj(1, Some(5)))))
+            ix.write("b", "k", 5, KeyState::Object(Arc::new(obj(1, Some(5)))))
                 .unwrap()
                 .is_none()
         );
         // an older record arriving late loses
         assert!(
-            ix.write("b", "k", 4, Slot::Object(Arc::new(obj(2, Some(4)))))
+            ix.write("b", "k", 4, KeyState::Object(Arc::new(obj(2, Some(4)))))
                 .is_err()
         );
         // a newer delete wins and hands back the object to free
         let old = ix
-            .write("b", "k", 6, Slot::Deleted { seq: 6 })
+            .write("b", "k", 6, KeyState::Deleted { seq: 6 })
             .unwrap()
             .unwrap();
         assert_eq!(old.id, 1);
         // persisting the stale record changes nothing; persisting the delete clears the key
         ix.persisted("b", "k", 5);
-        assert!(matches!(ix.get("b", "k"), Some(Slot::Deleted { seq: 6 })));
+        assert!(matches!(
+            ix.get("b", "k"),
+            Some(KeyState::Deleted { seq: 6 })
+        ));
         ix.persisted("b", "k", 6);
         assert!(ix.get("b", "k").is_none());
     }
@@ -346,10 +352,10 @@ mod tests {
     #[test]
     fn persisted_objects_become_clean() {
         let ix = Index::default();
-        ix.write("b", "k", 1, Slot::Object(Arc::new(obj(1, Some(1)))))
+        ix.write("b", "k", 1, KeyState::Object(Arc::new(obj(1, Some(1)))))
             .unwrap();
         ix.persisted("b", "k", 1);
-        let Some(Slot::Object(o)) = ix.get("b", "k") else {
+        let Some(KeyState::Object(o)) = ix.get("b", "k") else {
             panic!()
         };
         assert_eq!(o.journal_seq, None);
@@ -362,15 +368,16 @@ mod tests {
     fn fills_lose_to_concurrent_writes() {
         let ix = Index::default();
         let t = ix.begin_fill();
-        ix.write("b", "k", 1, Slot::Deleted { seq: 1 }).unwrap();
+        ix.write("b", "k", 1, KeyState::Deleted { seq: 1 }).unwrap();
         ix.persisted("b", "k", 1);
         // the key is absent again, but it changed during the fill: the fill must not install
         assert!(!ix.finish_fill(t, "b", "k", obj(9, None)));
         assert!(ix.get("b", "k").is_none());
         // an undisturbed fill installs
         let t = ix.begin_fill();
-        ix.write("b", "other", 2, Slot::Deleted { seq: 2 }).unwrap();
+        ix.write("b", "other", 2, KeyState::Deleted { seq: 2 })
+            .unwrap();
         assert!(ix.finish_fill(t, "b", "k", obj(10, None)));
-        assert!(matches!(ix.get("b", "k"), Some(Slot::Object(o)) if o.id == 10));
+        assert!(matches!(ix.get("b", "k"), Some(KeyState::Object(o)) if o.id == 10));
     }
 }
