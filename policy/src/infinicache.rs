@@ -353,17 +353,19 @@ impl Policy for InfiniCache {
         // Repair lost chunks: write them to functions not holding another chunk of the piece.
         let cpp = self.cpp() as usize;
         let mut relocation = Vec::new();
+        // Chunks chosen for earlier pieces count against their functions' room: nothing moves
+        // until the gateway reports the repair done.
+        let mut pending: BTreeMap<u32, u64> = BTreeMap::new();
         for (p, piece) in chunks.chunks(cpp).enumerate() {
             if piece.iter().all(|c| c.is_some()) {
                 continue;
             }
             let holders: BTreeSet<FunctionId> = piece.iter().flatten().copied().collect();
             let lost: Vec<usize> = (0..cpp).filter(|&i| piece[i].is_none()).collect();
-            if let Some(to) = self.pick(lost.len(), chunk, &BTreeMap::new(), &holders) {
+            if let Some(to) = self.pick(lost.len(), chunk, &pending, &holders) {
                 for (&i, to) in lost.iter().zip(to) {
                     let index = (p * cpp + i) as u32;
-                    self.store.move_chunk(slot, index, to);
-                    self.touch(to, now);
+                    *pending.entry(to.0).or_default() += chunk;
                     relocation.push(ChunkMove {
                         index,
                         from: None,
@@ -378,6 +380,24 @@ impl Policy for InfiniCache {
             relocation,
             effects: fx,
         }
+    }
+
+    fn relocated(&mut self, now: Millis, key: &str, moves: &[ChunkMove], ok: bool) -> Effects {
+        let now = self.clock(now);
+        let Some(slot) = self.store.slot(key) else {
+            return Effects::default();
+        };
+        let current = &self.store.obj(slot).chunks;
+        let still = moves
+            .iter()
+            .all(|m| current.get(m.index as usize) == Some(&m.from));
+        if ok && still {
+            for m in moves {
+                self.store.move_chunk(slot, m.index, m.to);
+                self.touch(m.to, now);
+            }
+        }
+        Effects::default()
     }
 
     fn delete(&mut self, now: Millis, key: &str) -> DeleteDecision {

@@ -229,6 +229,11 @@ impl Policy for Provisioned {
         }
     }
 
+    fn relocated(&mut self, _now: Millis, _key: &str, _moves: &[ChunkMove], _ok: bool) -> Effects {
+        // Whole objects on nodes: nothing is ever relocated.
+        Effects::default()
+    }
+
     fn delete(&mut self, _now: Millis, key: &str) -> DeleteDecision {
         DeleteDecision {
             chunks: Vec::new(),

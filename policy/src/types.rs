@@ -425,8 +425,14 @@ pub trait Policy: Send {
     /// written (or a GET miss is being re-filled). Returns where every chunk goes.
     fn put(&mut self, now: Millis, key: &str, size: u64, pieces: u32) -> PutDecision;
 
-    /// A GET for `key`: where to read it, and which chunks to relocate afterwards.
+    /// A GET for `key`: where to read it, and which chunks to relocate afterwards. A
+    /// relocation counts only once [`Policy::relocated`] reports it done.
     fn get(&mut self, now: Millis, key: &str) -> GetDecision;
+
+    /// The relocation `get` decided for `key` was carried out (`ok`: the chunks are at their
+    /// new functions) or given up (they stay where they were). Ignored if the object changed
+    /// meanwhile.
+    fn relocated(&mut self, now: Millis, key: &str, moves: &[ChunkMove], ok: bool) -> Effects;
 
     /// The object was deleted.
     fn delete(&mut self, now: Millis, key: &str) -> DeleteDecision;

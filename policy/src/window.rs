@@ -936,32 +936,59 @@ impl Policy for SlidingWindow {
         let mut relocation = Vec::new();
         if let Some(to) = target {
             for (&index, &to) in moves.iter().zip(&to) {
-                let from = old[index as usize];
                 relocation.push(ChunkMove {
                     index,
-                    from,
+                    from: old[index as usize],
                     to,
                     size: chunk,
                 });
-                if let Some(from) = from {
-                    self.fns[from.index()].report_full = false;
-                }
-                self.store.move_chunk(slot, index, to);
             }
-            self.leave_bucket(slot);
-            self.join_current(slot);
-            for m in &relocation {
-                if let Some(from) = m.from {
-                    self.reschedule(from);
-                }
+            if relocation.is_empty() {
+                // Every chunk is on the current bucket's functions already: nothing moves,
+                // the object just joins the current bucket.
+                self.leave_bucket(slot);
+                self.join_current(slot);
             }
-            self.after_writes(&to, chunk, now, &mut fx);
         }
         GetDecision {
             lookup,
             relocation,
             effects: fx,
         }
+    }
+
+    fn relocated(&mut self, now: Millis, key: &str, moves: &[ChunkMove], ok: bool) -> Effects {
+        let now = self.clock(now);
+        let mut fx = Effects::default();
+        self.advance(now, &mut fx);
+        let Some(slot) = self.store.slot(key) else {
+            return fx;
+        };
+        let current = &self.store.obj(slot).chunks;
+        let still = moves
+            .iter()
+            .all(|m| current.get(m.index as usize) == Some(&m.from));
+        if !ok || moves.is_empty() || !still {
+            return fx;
+        }
+        let chunk = self.store.obj(slot).chunk_size;
+        let mut to = Vec::with_capacity(moves.len());
+        for m in moves {
+            if let Some(from) = m.from {
+                self.fns[from.index()].report_full = false;
+            }
+            self.store.move_chunk(slot, m.index, m.to);
+            to.push(m.to);
+        }
+        self.leave_bucket(slot);
+        self.join_current(slot);
+        for m in moves {
+            if let Some(from) = m.from {
+                self.reschedule(from);
+            }
+        }
+        self.after_writes(&to, chunk, now, &mut fx);
+        fx
     }
 
     fn delete(&mut self, now: Millis, key: &str) -> DeleteDecision {

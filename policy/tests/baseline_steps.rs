@@ -81,6 +81,11 @@ fn infinicache_pool_places_randomly_and_evicts_lru_objects() {
         .map(|m| (m.index, m.from, m.to.0))
         .collect();
     assert_eq!(moves, vec![(0, None, 1)]);
+    // Nothing moves until the gateway reports the repair done; a failed one changes nothing.
+    assert_eq!(p.snapshot().describe(), "pool: f1=4 f2=4 f3=8 | 2 obj");
+    p.relocated(7, "a", &get.relocation, false);
+    assert_eq!(p.snapshot().describe(), "pool: f1=4 f2=4 f3=8 | 2 obj");
+    p.relocated(7, "a", &get.relocation, true);
     assert_eq!(p.snapshot().describe(), "pool: f1=8 f2=4 f3=8 | 2 obj");
     // Losing f1 takes a second chunk of "c" (never read, so never repaired): 1 < d chunks
     // left, evicted (it remains in S3). Losing f2 then does the same to "a".

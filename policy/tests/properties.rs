@@ -27,8 +27,13 @@ const ONE_STEP: u32 = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { key: u8, kib: u64, pieces: u32 },
-    Get(u8),
+    Put {
+        key: u8,
+        kib: u64,
+        pieces: u32,
+    },
+    /// A GET; whether the gateway manages the relocation it asks for.
+    Get(u8, bool),
     Delete(u8),
     Advance(u64),
     Lost(u32),
@@ -39,7 +44,7 @@ fn ops(pool: u32) -> impl Strategy<Value = Vec<Op>> {
     let op = prop_oneof![
         4 => (0u8..10, 0u64..24 * 1024, 1u32..4)
             .prop_map(|(key, kib, pieces)| Op::Put { key, kib, pieces }),
-        4 => (0u8..10).prop_map(Op::Get),
+        4 => (0u8..10, proptest::bool::weighted(0.8)).prop_map(|(k, ok)| Op::Get(k, ok)),
         1 => (0u8..10).prop_map(Op::Delete),
         3 => (0u64..8 * MIN).prop_map(Op::Advance),
         1 => (0..pool + 2).prop_map(Op::Lost),
@@ -296,10 +301,30 @@ impl Harness {
                     prop_assert!(self.p.contains(&key));
                 }
             }
-            Op::Get(key) => {
+            Op::Get(key, ok) => {
                 let key = format!("k{key}");
                 let dec = self.p.get(self.now, &key);
                 self.effects(&dec.effects)?;
+                // The relocation counts only once reported done; a failed one changes nothing.
+                if !dec.relocation.is_empty() {
+                    let chunks_at = |p: &dyn Policy| -> Vec<(FunctionId, u64)> {
+                        p.snapshot()
+                            .functions
+                            .iter()
+                            .map(|f| (f.id, f.chunks))
+                            .collect()
+                    };
+                    let before = chunks_at(self.p.as_ref());
+                    let fx = self.p.relocated(self.now, &key, &dec.relocation, ok);
+                    self.effects(&fx)?;
+                    if !ok {
+                        prop_assert_eq!(
+                            before,
+                            chunks_at(self.p.as_ref()),
+                            "a failed relocation moved chunks"
+                        );
+                    }
+                }
                 match &dec.lookup {
                     Lookup::Functions {
                         chunks,
@@ -440,8 +465,9 @@ proptest! {
             match *op {
                 Op::Put { key, kib, pieces } => { w.put(now, &format!("k{key}"), kib * 1024, pieces); }
                 Op::Advance(ms) => { now += ms; w.tick(now); }
-                Op::Get(key) => {
+                Op::Get(key, _) => {
                     let dec = w.get(now, &format!("k{key}"));
+                    w.relocated(now, &format!("k{key}"), &dec.relocation, true);
                     let snap = w.snapshot();
                     let current: BTreeSet<FunctionId> =
                         snap.buckets.last().map(|b| b.functions.iter().copied().collect()).unwrap_or_default();

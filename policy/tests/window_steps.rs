@@ -221,6 +221,8 @@ fn full_functions_stay_behind_degrade_and_expire() {
         moves,
         vec![(0, Some(0), 3), (1, Some(1), 4), (2, Some(2), 5)]
     );
+    // The move counts once the gateway reports it done.
+    w.relocated(25 * MIN, "x", &get.relocation, true);
     assert_eq!(
         w.snapshot().describe(),
         "b0 degraded: f0=5! f1=5! f2=5! | 2 obj\n\
@@ -447,6 +449,7 @@ fn lost_functions_are_recovered_delegated_or_ignored() {
         other => panic!("{other:?}"),
     }
     assert_eq!(get.relocation[0].from, None);
+    w.relocated(22 * MIN, "a", &get.relocation, true);
     // Losing f1 as well leaves "c" with 1 chunk < d: evicted (it remains in S3).
     let loss = w.function_lost(23 * MIN, FunctionId(1));
     assert_eq!(loss.action, LossAction::Delegate { chunks_lost: 1 });

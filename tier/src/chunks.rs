@@ -230,3 +230,127 @@ pub(crate) async fn get_piece(
         Err(source) => Err(TierError::Decode { source, failures }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemoryChunks;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    async fn stored(piece: &[u8]) -> (Arc<MemoryChunks>, Arc<dyn ChunkStore>, Codec) {
+        let codec = Codec::new(4, 2).unwrap();
+        let mem = MemoryChunks::new();
+        let store: Arc<dyn ChunkStore> = mem.clone();
+        put_piece(
+            &store,
+            codec,
+            7,
+            0,
+            Bytes::copy_from_slice(piece),
+            &[0, 1, 2, 3, 4, 5],
+        )
+        .await
+        .unwrap();
+        (mem, store, codec)
+    }
+
+    fn joined(r: &PieceRead) -> Vec<u8> {
+        r.parts.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_first_d_chunks_are_enough_and_late_ones_are_not_waited_for() {
+        let piece: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+        let (mem, store, codec) = stored(&piece).await;
+        assert_eq!(mem.held().len(), 6, "d + p chunks on six functions");
+        // All on time: the data chunks themselves, no decoding.
+        let r = get_piece(
+            &store,
+            codec,
+            7,
+            0,
+            piece.len(),
+            &[0, 1, 2, 3, 4, 5],
+            SECOND,
+        )
+        .await
+        .unwrap();
+        assert!(!r.decoded);
+        assert_eq!(joined(&r), piece);
+        // A data chunk a second late: decoded from the first d (parity included), well
+        // before the late one would have arrived.
+        mem.delay(1, Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        let r = get_piece(
+            &store,
+            codec,
+            7,
+            0,
+            piece.len(),
+            &[0, 1, 2, 3, 4, 5],
+            2 * SECOND,
+        )
+        .await
+        .unwrap();
+        assert!(r.decoded, "rebuilt from parity");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "did not wait for the late chunk"
+        );
+        assert_eq!(joined(&r), piece);
+    }
+
+    #[tokio::test]
+    async fn up_to_p_corrupt_or_missing_chunks_are_invisible_and_more_are_an_error() {
+        let piece: Vec<u8> = (0..3001u32).map(|i| (i * 7 % 256) as u8).collect();
+        let (mem, store, codec) = stored(&piece).await;
+        let fs = [0, 1, 2, 3, 4, 5];
+        mem.corrupt(0, ChunkName::of(7, 0, 0));
+        mem.lose(3);
+        let r = get_piece(&store, codec, 7, 0, piece.len(), &fs, SECOND)
+            .await
+            .unwrap();
+        assert!(r.decoded);
+        assert_eq!(joined(&r), piece);
+        // A third failure: fewer than d chunks.
+        mem.lose(4);
+        let err = get_piece(&store, codec, 7, 0, piece.len(), &fs, SECOND)
+            .await
+            .err()
+            .expect("three of six chunks lost");
+        match err {
+            TierError::Decode { failures, .. } => {
+                let mut at: Vec<_> = failures.iter().filter_map(ChunkError::function).collect();
+                at.sort_unstable();
+                assert_eq!(at, vec![0, 3, 4], "each failure names its function");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_function_times_out_and_counts_as_failed() {
+        let piece = vec![9u8; 2048];
+        let (mem, store, codec) = stored(&piece).await;
+        for f in [0, 1, 2] {
+            mem.delay(f, Duration::from_secs(5));
+        }
+        let err = get_piece(
+            &store,
+            codec,
+            7,
+            0,
+            piece.len(),
+            &[0, 1, 2, 3, 4, 5],
+            Duration::from_millis(100),
+        )
+        .await
+        .err()
+        .expect("three functions too slow");
+        assert!(
+            matches!(err, TierError::Decode { ref failures, .. } if failures.len() == 3),
+            "{err:?}"
+        );
+    }
+}

@@ -280,6 +280,21 @@ impl Index {
             .collect()
     }
 
+    /// Chunks the layouts put on each function (functions with none left out).
+    pub fn chunk_counts(&self) -> std::collections::BTreeMap<FunctionId, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for s in self.lock().slots.values() {
+            if let KeyState::Object(o) = s
+                && let Some(l) = &o.layout
+            {
+                for f in l.functions.iter().flatten() {
+                    *out.entry(*f).or_default() += 1;
+                }
+            }
+        }
+        out
+    }
+
     /// Replaces the layout of object `id` (after relocation or recovery).
     pub fn set_layout(&self, bucket: &str, key: &str, id: u128, layout: Layout) -> bool {
         let mut g = self.lock();

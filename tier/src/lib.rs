@@ -38,6 +38,8 @@ mod relocate;
 mod start;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 mod write;
 
 use std::collections::HashSet;
@@ -95,9 +97,16 @@ pub trait Placer: Send + Sync + 'static {
         pieces: usize,
         chunks_per_piece: usize,
     ) -> Option<Vec<Vec<FunctionId>>>;
-    /// Write `object` of the key was read from memory: chunks to move. Nothing moves in the
-    /// policy's accounting until [`Placer::relocated`] reports the outcome.
-    fn on_read(&self, _bucket: &str, _key: &str, _object: u128) -> Vec<Relocation> {
+    /// Write `object` of the key was read from memory, from the functions of `layout` (each
+    /// piece's `d + p`): chunks to move. Nothing moves in the policy's accounting until
+    /// [`Placer::relocated`] reports the outcome.
+    fn on_read(
+        &self,
+        _bucket: &str,
+        _key: &str,
+        _object: u128,
+        _layout: &[Vec<FunctionId>],
+    ) -> Vec<Relocation> {
         Vec::new()
     }
     /// The moves [`Placer::on_read`] asked for were carried out (`ok`), or given up (the
@@ -113,6 +122,11 @@ pub trait Placer: Send + Sync + 'static {
     }
     /// Write `object` of the key left memory (deleted, invalidated, not admitted, broken).
     fn forget(&self, _bucket: &str, _key: &str, _object: u128) {}
+    /// How many chunks the policy counts on each function, if it keeps such accounting (for
+    /// [`Tier::placement_check`]).
+    fn chunk_counts(&self) -> Option<std::collections::BTreeMap<FunctionId, u64>> {
+        None
+    }
 }
 
 /// The tier.
@@ -275,6 +289,33 @@ impl Tier {
         self.cfg.enabled && size >= self.cfg.min_object_size.as_u64()
     }
 
+    /// Whether the placer's accounting agrees with the tier's layout, the one record of where
+    /// chunks are: the chunks it counts on each function against those the layouts put there.
+    /// `None` when they agree (or the placer keeps no accounting), else what differs. Holds
+    /// whenever no write, read or relocation is in flight; tests check it after every step.
+    pub fn placement_check(&self) -> Option<String> {
+        let counted = self.placer.chunk_counts()?;
+        let laid_out = self.index.chunk_counts();
+        if counted == laid_out {
+            return None;
+        }
+        let fs: std::collections::BTreeSet<_> = counted.keys().chain(laid_out.keys()).collect();
+        let diff: Vec<String> = fs
+            .into_iter()
+            .filter_map(|f| {
+                let (c, l) = (counted.get(f), laid_out.get(f));
+                (c != l).then(|| {
+                    format!(
+                        "function {f}: policy {} chunks, layouts {}",
+                        c.copied().unwrap_or(0),
+                        l.copied().unwrap_or(0)
+                    )
+                })
+            })
+            .collect();
+        Some(diff.join("; "))
+    }
+
     /// What the tier knows of a key: `None` when the bucket has whatever it has.
     pub fn lookup(&self, bucket: &str, key: &str) -> Option<KeyState> {
         self.index.get(bucket, key)
@@ -428,12 +469,13 @@ impl Tier {
         Ok(true)
     }
 
-    /// The policy evicted the key from memory: its chunks are freed; a write not yet in the
-    /// bucket stays, served from the journal.
-    pub fn evict(&self, bucket: &str, key: &str) {
+    /// The policy evicted write `object` of the key from memory: its chunks are freed; a write
+    /// not yet in the bucket stays, served from the journal. A newer write of the key is not
+    /// touched (the policy's eviction was about the one it replaced).
+    pub(crate) fn evict(&self, bucket: &str, key: &str, object: u128) {
         if let Some(KeyState::Object(obj)) = self.index.get(bucket, key)
             && obj.layout.is_some()
-            && self.index.drop_layout(bucket, key, obj.id)
+            && self.index.drop_layout(bucket, key, object)
         {
             self.free(obj);
         }

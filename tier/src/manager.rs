@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use policy::{Effects, FunctionId as PolicyFunction, LossAction, Placement, Policy};
+use policy::{
+    ChunkMove, Effects, FunctionId as PolicyFunction, Lookup, LossAction, Placement, Policy,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,21 +35,33 @@ pub const OCCUPANCY_INTERVAL: Duration = Duration::from_secs(5);
 /// Something the policy decided that the gateway must do.
 #[derive(Debug, Clone)]
 pub enum Action {
-    /// Drop the object from function memory (it stays in the bucket or the journal).
+    /// Drop write `object` of the key from function memory (it stays in the bucket or the
+    /// journal).
     Evict {
         /// Bucket.
         bucket: String,
         /// Key.
         key: String,
+        /// Which write of the key.
+        object: u128,
     },
     /// Send a warm-up invocation.
     Warmup(FunctionId),
     /// A reclaimed function the policy recovers (active window): restore its chunks onto the
-    /// replacement instance.
-    Recover(FunctionId),
+    /// replacement instance. `expected` is how many chunks the policy counts on it (the tier
+    /// checks it against its layout, the one record of where chunks are).
+    Recover {
+        /// The function.
+        function: FunctionId,
+        /// Chunks the policy counts on it.
+        expected: usize,
+    },
     /// A reclaimed function the policy does not recover (degraded bucket, or nothing it
     /// tracks): its objects leave memory and come back on their next read.
     Abandon(FunctionId),
+    /// A function went back to the pool: no bucket holds it; end its invocation (it is
+    /// billed while it is connected) and treat it as empty.
+    Release(FunctionId),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +90,9 @@ struct WindowMetrics {
     objects: Gauge,
     inherited: Counter,
     drawn: Counter,
+    returned: Counter,
+    stopped_writes: Counter,
+    mismatches: Counter,
 }
 
 impl WindowMetrics {
@@ -127,6 +144,21 @@ impl WindowMetrics {
             "Functions drawn from the pool into a bucket",
             m.drawn.clone(),
         );
+        r.register(
+            "returned_functions",
+            "Functions given back to the pool (their invocation is ended)",
+            m.returned.clone(),
+        );
+        r.register(
+            "stopped_writes",
+            "Times a function stopped taking writes (above the occupancy threshold)",
+            m.stopped_writes.clone(),
+        );
+        r.register(
+            "placement_mismatches",
+            "Reads or recoveries where the policy's placement disagreed with the tier's layout",
+            m.mismatches.clone(),
+        );
         m
     }
 }
@@ -137,6 +169,8 @@ pub struct MemoryManager {
     epoch: Instant,
     /// Which write (object id) the policy's entry for a key belongs to.
     owners: Mutex<HashMap<String, u128>>,
+    /// Relocations decided on a read and not yet reported done (by key and object).
+    pending: Mutex<HashMap<(String, u128), Vec<ChunkMove>>>,
     per_piece: usize,
     prefix: String,
     actions: mpsc::UnboundedSender<Action>,
@@ -179,6 +213,7 @@ impl MemoryManager {
             policy: Mutex::new(built),
             epoch: Instant::now(),
             owners: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             per_piece: tier.data_chunks + tier.parity_chunks,
             prefix: functions.name_prefix.clone(),
             actions: tx,
@@ -197,6 +232,12 @@ impl MemoryManager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u128), Vec<ChunkMove>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, u128>> {
         self.owners
             .lock()
@@ -209,9 +250,13 @@ impl MemoryManager {
             return;
         }
         for k in fx.evicted {
-            if let Some((bucket, key)) = split_key(&k) {
-                self.owners().remove(&k);
-                let _ = self.actions.send(Action::Evict { bucket, key });
+            let owner = self.owners().remove(&k);
+            if let (Some((bucket, key)), Some(object)) = (split_key(&k), owner) {
+                let _ = self.actions.send(Action::Evict {
+                    bucket,
+                    key,
+                    object,
+                });
             }
         }
         for b in &fx.expired {
@@ -238,9 +283,28 @@ impl MemoryManager {
             );
             self.metrics.drawn.inc_by(g.functions.len() as u64);
         }
+        for f in &fx.stopped_writes {
+            debug!(function = f.0, "function stops taking writes (occupancy)");
+            self.metrics.stopped_writes.inc();
+        }
+        for f in fx.returned {
+            self.metrics.returned.inc();
+            let _ = self.actions.send(Action::Release(f.0));
+        }
         for w in fx.warmups {
             let _ = self.actions.send(Action::Warmup(w.function.0));
         }
+    }
+
+    /// The policy's placement of a key disagreed with the tier's layout (they are kept in step
+    /// by the tier's reports: a mismatch is a bug, or a report racing a read).
+    pub(crate) fn mismatch(&self, what: &str, key: &str) {
+        self.metrics.mismatches.inc();
+        tracing::warn!(
+            what,
+            key,
+            "the policy's placement disagrees with the tier's layout"
+        );
     }
 
     /// Starts the timer task: ticks, occupancy reports (from `occupancy`), metrics.
@@ -325,8 +389,18 @@ impl MemoryManager {
         match d.action {
             // The fixed pool repairs lazily in the policy's model; the gateway restores at once,
             // which keeps every piece at d + p.
-            LossAction::Recover { .. } | LossAction::RepairOnRead { .. } => {
-                let _ = self.actions.send(Action::Recover(f));
+            LossAction::Recover { chunks } => {
+                let expected = chunks.len();
+                let _ = self.actions.send(Action::Recover {
+                    function: f,
+                    expected,
+                });
+            }
+            LossAction::RepairOnRead { chunks_lost } => {
+                let _ = self.actions.send(Action::Recover {
+                    function: f,
+                    expected: chunks_lost as usize,
+                });
             }
             LossAction::Delegate { chunks_lost } => {
                 info!(
@@ -361,7 +435,10 @@ impl Placer for MemoryManager {
         let d = self
             .lock()
             .put(now, &k, size, u32::try_from(pieces).unwrap_or(u32::MAX));
-        let out = match d.placement {
+        // The decision's evictions are of objects already there, this key's previous write
+        // among them: carried out before the new write becomes the key's owner.
+        self.apply(d.effects);
+        match d.placement {
             Placement::Functions(layout) => {
                 self.owners().insert(k, object);
                 Some(
@@ -376,20 +453,35 @@ impl Placer for MemoryManager {
                 self.owners().remove(&k);
                 None
             }
-        };
-        self.apply(d.effects);
-        out
+        }
     }
 
-    fn on_read(&self, bucket: &str, key: &str, object: u128) -> Vec<Relocation> {
+    fn on_read(
+        &self,
+        bucket: &str,
+        key: &str,
+        object: u128,
+        layout: &[Vec<FunctionId>],
+    ) -> Vec<Relocation> {
         let k = policy_key(bucket, key);
         if self.owners().get(&k) != Some(&object) {
             return Vec::new();
         }
         let now = self.now();
         let d = self.lock().get(now, &k);
+        if let Lookup::Functions { chunks, .. } = &d.lookup {
+            // The policy's chunk positions (None: lost) against where the tier read from.
+            let agrees = chunks.len() == layout.iter().map(Vec::len).sum::<usize>()
+                && chunks
+                    .iter()
+                    .zip(layout.iter().flatten())
+                    .all(|(p, &t)| p.is_none_or(|p| p.0 == t));
+            if !agrees {
+                self.mismatch("read", &k);
+            }
+        }
         let per_piece = self.per_piece as u32;
-        let moves = d
+        let moves: Vec<Relocation> = d
             .relocation
             .iter()
             .map(|m| Relocation {
@@ -399,12 +491,38 @@ impl Placer for MemoryManager {
                 to: m.to.0,
             })
             .collect();
+        if !d.relocation.is_empty() {
+            self.pending().insert((k, object), d.relocation);
+        }
         self.apply(d.effects);
         moves
     }
 
+    fn relocated(&self, bucket: &str, key: &str, object: u128, _moves: &[Relocation], ok: bool) {
+        let k = policy_key(bucket, key);
+        let Some(moves) = self.pending().remove(&(k.clone(), object)) else {
+            return;
+        };
+        let now = self.now();
+        let fx = self.lock().relocated(now, &k, &moves, ok);
+        self.apply(fx);
+    }
+
+    fn chunk_counts(&self) -> Option<std::collections::BTreeMap<FunctionId, u64>> {
+        Some(
+            self.lock()
+                .snapshot()
+                .functions
+                .iter()
+                .filter(|f| f.chunks > 0)
+                .map(|f| (f.id.0, f.chunks))
+                .collect(),
+        )
+    }
+
     fn forget(&self, bucket: &str, key: &str, object: u128) {
         let k = policy_key(bucket, key);
+        self.pending().remove(&(k.clone(), object));
         {
             let mut owners = self.owners();
             if owners.get(&k) != Some(&object) {

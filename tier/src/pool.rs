@@ -489,6 +489,22 @@ impl Pool {
         self.clone().invoke(f, command, view);
     }
 
+    /// A function went back to the pool (no bucket holds it): its session is ended with BYE,
+    /// so its invocation returns now rather than after its idle tail (it is billed while it
+    /// serves); the policy warms it no more.
+    pub fn release(&self, f: FunctionId) {
+        let Some(slot) = self.slots.get(f as usize) else {
+            return;
+        };
+        let conn = lock(&slot.node).conn.clone();
+        if let Some(c) = conn.filter(FunctionConn::accepts_requests) {
+            debug!(function = %self.name(f), "released to the pool: ending its invocation");
+            tokio::spawn(async move {
+                let _ = c.bye().await;
+            });
+        }
+    }
+
     /// Bytes each function reported holding in its last report (functions never contacted
     /// are left out).
     pub fn occupancy(&self) -> Vec<(FunctionId, u64)> {

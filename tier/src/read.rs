@@ -179,7 +179,7 @@ impl Tier {
                 self.free(obj.clone());
             }
         } else {
-            let moves = self.placer.on_read(bucket, key, obj.id);
+            let moves = self.placer.on_read(bucket, key, obj.id, &layout.functions);
             if !moves.is_empty() {
                 self.clone()
                     .relocate(bucket.to_owned(), key.to_owned(), obj.clone(), moves);
@@ -383,7 +383,8 @@ impl Tier {
                 ok = self.place_piece(id, layout, index, piece).await;
                 index += 1;
             }
-            if !ok {
+            // The whole object is here: no need to wait for the body to be dropped.
+            if !ok || received >= size {
                 break;
             }
         }

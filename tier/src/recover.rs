@@ -48,8 +48,9 @@ struct Job {
 }
 
 impl Tier {
-    /// Restores every chunk function `f` held onto its replacement instance.
-    pub fn recover(self: &Arc<Self>, f: FunctionId) {
+    /// Restores every chunk function `f` held onto its replacement instance (in the
+    /// background); returns how many chunks that is.
+    pub(crate) fn recover(self: &Arc<Self>, f: FunctionId) -> usize {
         let mut jobs = Vec::new();
         for (bucket, key, obj) in self.index.objects_on(f) {
             let Some(layout) = &obj.layout else { continue };
@@ -119,6 +120,7 @@ impl Tier {
                 );
             }
         });
+        total
     }
 
     async fn restore_with_retries(&self, f: FunctionId, job: &Job) -> bool {

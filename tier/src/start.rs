@@ -55,21 +55,34 @@ pub async fn start(
     }));
     // The policy's decisions, carried out.
     let (weak_tier, weak_pool) = (Arc::downgrade(&t), Arc::downgrade(&pool));
+    let weak_manager = Arc::downgrade(&manager);
     tokio::spawn(async move {
         while let Some(a) = actions.recv().await {
             let (Some(t), Some(p)) = (weak_tier.upgrade(), weak_pool.upgrade()) else {
                 return;
             };
             match a {
-                Action::Evict { bucket, key } => t.evict(&bucket, &key),
+                Action::Evict {
+                    bucket,
+                    key,
+                    object,
+                } => t.evict(&bucket, &key, object),
                 Action::Warmup(f) => p.warmup(f),
-                Action::Recover(f) => t.recover(f),
+                Action::Recover { function, expected } => {
+                    let restoring = t.recover(function);
+                    if restoring != expected
+                        && let Some(m) = weak_manager.upgrade()
+                    {
+                        m.mismatch("recovery", &p.name(function));
+                    }
+                }
                 Action::Abandon(f) => t.abandon(f),
+                Action::Release(f) => p.release(f),
             }
         }
     });
-    // Lost functions: the policy decides whether to recover.
     let weak_manager = Arc::downgrade(&manager);
+    // Lost functions: the policy decides whether to recover.
     tokio::spawn(async move {
         while let Some(ev) = events.recv().await {
             let Some(m) = weak_manager.upgrade() else {
@@ -80,5 +93,33 @@ pub async fn start(
             }
         }
     });
+    #[cfg(debug_assertions)]
+    check_placement(&t);
     Ok(Running { tier: t, pool })
+}
+
+/// Debug builds: how often the policy's accounting is compared with the tier's layout.
+#[cfg(debug_assertions)]
+const PLACEMENT_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Debug builds: compares the policy's accounting with the tier's layout every
+/// [`PLACEMENT_CHECK`]; a disagreement seen twice in a row (not a write or relocation in
+/// flight) is logged at error level.
+#[cfg(debug_assertions)]
+fn check_placement(t: &Arc<Tier>) {
+    let weak = Arc::downgrade(t);
+    tokio::spawn(async move {
+        let mut last: Option<String> = None;
+        loop {
+            tokio::time::sleep(PLACEMENT_CHECK).await;
+            let Some(t) = weak.upgrade() else { return };
+            let now = t.placement_check();
+            if let (Some(a), Some(b)) = (&last, &now)
+                && a == b
+            {
+                tracing::error!(disagreement = %b, "the policy's placement accounting disagrees with the tier's layout");
+            }
+            last = now;
+        }
+    });
 }

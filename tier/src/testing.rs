@@ -273,7 +273,13 @@ impl Placer for ScriptedPlacer {
         layout
     }
 
-    fn on_read(&self, _bucket: &str, key: &str, object: u128) -> Vec<Relocation> {
+    fn on_read(
+        &self,
+        _bucket: &str,
+        key: &str,
+        object: u128,
+        _layout: &[Vec<FunctionId>],
+    ) -> Vec<Relocation> {
         let mut s = self.s();
         s.reports.push(Report::Read {
             key: key.to_owned(),

@@ -299,6 +299,9 @@ impl Run<'_> {
         }
         if !dec.relocation.is_empty() {
             self.r.relocations += 1;
+            // The simulated functions always take the moved chunks.
+            let fx = self.policy.relocated(t, key, &dec.relocation, true);
+            self.effects(t, &fx);
         }
         for mv in dec.relocation {
             self.r.chunks_moved += 1;

@@ -1,0 +1,492 @@
+//! The tier's core against in-memory fakes (`crate::testing`): reads across piece edges,
+//! relocations that fail midway, recovery, the fill-vs-write race, journal replay, and the
+//! policy's accounting kept in step with the tier's layout. Milliseconds each.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use md5::Digest;
+use prometheus_client::registry::Registry;
+
+use crate::config::{FunctionsConfig, PolicySection};
+use crate::manager::{Action, MemoryManager};
+use crate::testing::{MemoryChunks, Report, ScriptedPlacer, config, tier};
+use crate::{
+    BodyCheck, BoxError, KeyState, KnownLength, ObjectMeta, Range, Relocation, Tier, TierError,
+};
+
+/// Checks nothing.
+struct NoCheck;
+
+impl BodyCheck for NoCheck {
+    fn update(&mut self, _data: &[u8]) {}
+    fn finish(self: Box<Self>, _md5: &[u8; 16]) -> Result<BTreeMap<String, String>, TierError> {
+        Ok(BTreeMap::new())
+    }
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+fn md5_hex(b: &[u8]) -> String {
+    hex::encode(md5::Md5::digest(b))
+}
+
+/// A body in frames of 1,000 bytes.
+fn body(b: &[u8]) -> impl futures::Stream<Item = Result<Bytes, BoxError>> + Unpin + Send + use<> {
+    let frames: Vec<Result<Bytes, BoxError>> = b
+        .chunks(1000)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    futures::stream::iter(frames)
+}
+
+async fn put(t: &Arc<Tier>, key: &str, b: &[u8]) -> ObjectMeta {
+    t.put(
+        "b",
+        key,
+        b.len() as u64,
+        ObjectMeta::default(),
+        body(b),
+        Box::new(NoCheck),
+    )
+    .await
+    .expect("put")
+}
+
+async fn read(t: &Arc<Tier>, key: &str, start: u64, end: u64) -> Vec<u8> {
+    let Some(KeyState::Object(obj)) = t.lookup("b", key) else {
+        panic!("{key} is not held");
+    };
+    let mut out = Vec::new();
+    let mut s = t.read("b", key, obj, Range { start, end });
+    while let Some(part) = s.next().await {
+        out.extend_from_slice(&part.expect("read"));
+    }
+    out
+}
+
+fn layout(t: &Tier, key: &str) -> Vec<Vec<u32>> {
+    match t.lookup("b", key) {
+        Some(KeyState::Object(o)) => o.layout.as_ref().expect("in memory").functions.clone(),
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+/// Lets the tier's background tasks (frees, relocations, recovery) finish.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(15)).await;
+}
+
+#[tokio::test]
+async fn ranges_across_piece_edges_read_back_exactly_with_a_function_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MemoryChunks::new();
+    let t = tier(&config(), dir.path(), mem.clone(), ScriptedPlacer::new(8)).await;
+    // Pieces of 4 KiB (4 data chunks of 1 KiB): 10,000 bytes are pieces of 4096, 4096, 1808.
+    let v = data(10_000, 1);
+    let meta = put(&t, "k", &v).await;
+    assert_eq!(meta.etag, md5_hex(&v));
+    let ranges = [
+        (0, 10_000),
+        (0, 1),
+        (4095, 4097),
+        (4096, 8192),
+        (4000, 9000),
+        (8191, 8193),
+        (9_999, 10_000),
+    ];
+    for (a, b) in ranges {
+        assert_eq!(
+            read(&t, "k", a, b).await,
+            v[a as usize..b as usize],
+            "{a}..{b}"
+        );
+    }
+    // Function 1 holds a chunk of every piece (each piece's 6 chunks on consecutive
+    // functions): lost, every read decodes from parity.
+    mem.lose(1);
+    for (a, b) in ranges {
+        assert_eq!(
+            read(&t, "k", a, b).await,
+            v[a as usize..b as usize],
+            "{a}..{b}"
+        );
+    }
+    assert!(t.metrics.decodes.get() > 0, "pieces were rebuilt");
+}
+
+#[tokio::test]
+async fn a_relocation_that_fails_midway_changes_nothing_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MemoryChunks::new();
+    let placer = ScriptedPlacer::new(12);
+    let t = tier(&config(), dir.path(), mem.clone(), placer.clone()).await;
+    let v = data(6_000, 2);
+    put(&t, "k", &v).await;
+    let before = layout(&t, "k");
+    // The policy moves chunk 0 of both pieces to functions 10 and 11; 11 refuses writes.
+    mem.fail_puts(11);
+    let moves = vec![
+        Relocation {
+            piece: 0,
+            chunk: 0,
+            from: Some(before[0][0]),
+            to: 10,
+        },
+        Relocation {
+            piece: 1,
+            chunk: 0,
+            from: Some(before[1][0]),
+            to: 11,
+        },
+    ];
+    placer.then_move(moves.clone());
+    assert_eq!(read(&t, "k", 0, 6_000).await, v);
+    settle().await;
+    assert_eq!(layout(&t, "k"), before, "the layout did not change");
+    assert_eq!(
+        mem.count_on(10),
+        0,
+        "the chunk written before the failure was deleted"
+    );
+    let reports = placer.reports();
+    let relocated: Vec<_> = reports
+        .iter()
+        .filter(|r| matches!(r, Report::Relocated { .. }))
+        .collect();
+    assert!(
+        matches!(relocated.as_slice(), [Report::Relocated { ok: false, moves: m, .. }] if *m == moves),
+        "{reports:?}"
+    );
+    assert_eq!(read(&t, "k", 0, 6_000).await, v);
+}
+
+#[tokio::test]
+async fn a_relocation_that_succeeds_moves_the_chunks_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MemoryChunks::new();
+    let placer = ScriptedPlacer::new(12);
+    let t = tier(&config(), dir.path(), mem.clone(), placer.clone()).await;
+    let v = data(6_000, 2);
+    put(&t, "k", &v).await;
+    let before = layout(&t, "k");
+    let (old0, old1) = (mem.count_on(before[0][0]), mem.count_on(before[1][0]));
+    placer.then_move(vec![
+        Relocation {
+            piece: 0,
+            chunk: 0,
+            from: Some(before[0][0]),
+            to: 10,
+        },
+        Relocation {
+            piece: 1,
+            chunk: 0,
+            from: Some(before[1][0]),
+            to: 11,
+        },
+    ]);
+    assert_eq!(read(&t, "k", 0, 6_000).await, v);
+    settle().await;
+    let after = layout(&t, "k");
+    assert_eq!((after[0][0], after[1][0]), (10, 11));
+    assert_eq!((mem.count_on(10), mem.count_on(11)), (1, 1));
+    assert_eq!(
+        (mem.count_on(before[0][0]), mem.count_on(before[1][0])),
+        (old0 - 1, old1 - 1),
+        "the old copies were deleted"
+    );
+    assert!(
+        placer
+            .reports()
+            .iter()
+            .any(|r| matches!(r, Report::Relocated { ok: true, .. })),
+        "{:?}",
+        placer.reports()
+    );
+    assert_eq!(read(&t, "k", 0, 6_000).await, v);
+}
+
+#[tokio::test]
+async fn recovery_restores_every_chunk_of_a_lost_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MemoryChunks::new();
+    let t = tier(&config(), dir.path(), mem.clone(), ScriptedPlacer::new(8)).await;
+    let objects: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("o{i}"), data(3_000 + i * 2_500, i as u8)))
+        .collect();
+    for (k, v) in &objects {
+        put(&t, k, v).await;
+    }
+    let held = mem.count_on(3);
+    assert!(held > 0);
+    // Function 3 is replaced by an empty instance; recovery rebuilds its chunks (the objects
+    // are not in the bucket yet: from the surviving chunks).
+    mem.lose(3);
+    mem.revive(3);
+    assert_eq!(
+        t.recover(3),
+        held,
+        "every chunk the layouts put on function 3"
+    );
+    settle().await;
+    assert_eq!(mem.count_on(3), held);
+    assert_eq!(t.recovery.chunks.get(), held as u64);
+    // Reads need no parity now.
+    let decodes = t.metrics.decodes.get();
+    for (k, v) in &objects {
+        assert_eq!(&read(&t, k, 0, v.len() as u64).await, v);
+    }
+    assert_eq!(t.metrics.decodes.get(), decodes);
+}
+
+#[tokio::test]
+async fn a_fill_that_raced_a_write_of_its_key_is_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MemoryChunks::new();
+    let placer = ScriptedPlacer::new(8);
+    let t = tier(&config(), dir.path(), mem.clone(), placer.clone()).await;
+    // A GET miss starts reading the old version from the bucket and admitting it.
+    let old = data(8_192, 3);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(8);
+    let bucket_body = tokio_stream(rx);
+    let mut fill = t.fill(
+        "b",
+        "k",
+        old.len() as u64,
+        ObjectMeta::default(),
+        bucket_body,
+        true,
+    );
+    tx.send(Ok(Bytes::copy_from_slice(&old[..4096])))
+        .await
+        .unwrap();
+    assert!(fill.next().await.is_some());
+    // Meanwhile a PUT of the key is acknowledged.
+    let new = data(5_000, 4);
+    let meta = put(&t, "k", &new).await;
+    // The rest of the old version arrives; the client gets it, memory must not keep it.
+    tx.send(Ok(Bytes::copy_from_slice(&old[4096..])))
+        .await
+        .unwrap();
+    while fill.next().await.is_some() {
+        if fill.remaining() == 0 {
+            break;
+        }
+    }
+    settle().await;
+    match t.lookup("b", "k") {
+        Some(KeyState::Object(o)) => assert_eq!(o.meta().etag, meta.etag, "the write wins"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(read(&t, "k", 0, new.len() as u64).await, new);
+    let reports = placer.reports();
+    let placed: Vec<u128> = reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::Placed { object, .. } => Some(*object),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(placed.len(), 2, "{reports:?}");
+    assert!(
+        reports
+            .iter()
+            .any(|r| matches!(r, Report::Forgot { object, .. } if *object == placed[0])),
+        "the fill's object is forgotten: {reports:?}"
+    );
+}
+
+/// An mpsc receiver as a stream.
+fn tokio_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Unpin + Send {
+    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+#[test]
+fn journal_replay_keeps_each_keys_newest_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = data(3_000, 5);
+    let v2 = data(4_500, 6);
+    // First life: writes and a delete, none persisted (the bucket is unreachable).
+    {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let t = tier(
+                &config(),
+                dir.path(),
+                MemoryChunks::new(),
+                ScriptedPlacer::new(8),
+            )
+            .await;
+            put(&t, "k", &v1).await;
+            put(&t, "k", &v2).await;
+            put(&t, "gone", &v1).await;
+            assert!(matches!(
+                t.delete("b", "gone").await.unwrap(),
+                crate::Deletion::Journaled
+            ));
+        });
+    }
+    // Second life on the same journal: the newest record of each key, served from the
+    // journal (the functions are new and empty).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let t = tier(
+            &config(),
+            dir.path(),
+            MemoryChunks::new(),
+            ScriptedPlacer::new(8),
+        )
+        .await;
+        assert!(matches!(
+            t.lookup("b", "gone"),
+            Some(KeyState::Deleted { .. })
+        ));
+        assert_eq!(read(&t, "k", 0, v2.len() as u64).await, v2);
+        let records = std::fs::read_dir(dir.path().join("journal"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".rec")
+            })
+            .count();
+        assert_eq!(
+            records, 2,
+            "superseded records are gone: k's newest, gone's delete"
+        );
+    });
+}
+
+/// A tier on the real policy (the sliding window behind `MemoryManager`) with short buckets,
+/// so rotations, promotions and expiry happen within a test. Actions are carried out by the
+/// caller ([`drive`]).
+async fn with_window(
+    dir: &std::path::Path,
+    mem: Arc<MemoryChunks>,
+) -> (
+    Arc<Tier>,
+    Arc<MemoryManager>,
+    tokio::sync::mpsc::UnboundedReceiver<Action>,
+) {
+    let cfg = config();
+    let functions = FunctionsConfig {
+        count: 18,
+        memory_mb: 128,
+        ..FunctionsConfig::default()
+    };
+    let mut policy = PolicySection::default();
+    policy.window.bucket_ms = 40;
+    policy.window.active_buckets = 2;
+    policy.window.window_buckets = 4;
+    policy.window.promote_always_age = 1;
+    policy.window.promote_maybe_age = 1;
+    policy.window.reserved_mb = 100;
+    let (manager, actions) =
+        MemoryManager::new(&cfg, &functions, &policy, &mut Registry::default()).unwrap();
+    let t = Tier::open(
+        &cfg,
+        dir,
+        &crate::testing::unreachable_bucket(),
+        mem,
+        manager.clone(),
+        &mut Registry::default(),
+    )
+    .await
+    .unwrap();
+    t.note_bucket("b", true);
+    (t, manager, actions)
+}
+
+/// Carries out what the policy decided (evictions; warm-ups and the rest need no pool here).
+fn drive(t: &Arc<Tier>, actions: &mut tokio::sync::mpsc::UnboundedReceiver<Action>) {
+    while let Ok(a) = actions.try_recv() {
+        if let Action::Evict {
+            bucket,
+            key,
+            object,
+        } = a
+        {
+            t.evict(&bucket, &key, object);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, usize),
+    Get(u8),
+    Delete(u8),
+    Wait(u64),
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0u8..6, 1_000usize..20_000).prop_map(|(k, n)| Op::Put(k, n)),
+        4 => (0u8..6).prop_map(Op::Get),
+        1 => (0u8..6).prop_map(Op::Delete),
+        2 => (0u64..60).prop_map(Op::Wait),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 12,
+        failure_persistence: None,
+        ..Default::default()
+    })]
+
+    /// After every step (writes, reads with promotions, deletes, bucket rotations and expiry),
+    /// the chunks the policy counts on each function are exactly those the tier's layouts put
+    /// there, and every object reads back exactly.
+    #[test]
+    fn the_policys_accounting_follows_the_tiers_layout(ops in proptest::collection::vec(op(), 1..25)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let mem = MemoryChunks::new();
+            let (t, _manager, mut actions) = with_window(dir.path(), mem).await;
+            let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            for (i, op) in ops.iter().enumerate() {
+                match op {
+                    Op::Put(k, n) => {
+                        let key = format!("k{k}");
+                        let v = data(*n, *k ^ (i as u8));
+                        put(&t, &key, &v).await;
+                        model.insert(key, v);
+                    }
+                    Op::Get(k) => {
+                        let key = format!("k{k}");
+                        if let Some(v) = model.get(&key) {
+                            assert_eq!(&read(&t, &key, 0, v.len() as u64).await, v, "step {i}");
+                        }
+                    }
+                    Op::Delete(k) => {
+                        let key = format!("k{k}");
+                        if model.remove(&key).is_some() {
+                            t.delete("b", &key).await.unwrap();
+                        }
+                    }
+                    Op::Wait(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+                }
+                drive(&t, &mut actions);
+                settle().await;
+                drive(&t, &mut actions);
+                if let Some(diff) = t.placement_check() {
+                    panic!("step {i} ({op:?}): {diff}");
+                }
+            }
+        });
+    }
+}
