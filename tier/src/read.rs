@@ -189,7 +189,7 @@ impl Tier {
     }
 
     /// Bytes `off..off+len` of an object from its journal record, or else the bucket.
-    async fn read_span(
+    pub(crate) async fn read_span(
         &self,
         bucket: &str,
         key: &str,
@@ -198,7 +198,17 @@ impl Tier {
         len: u64,
     ) -> Result<Bytes, TierError> {
         if let Some(seq) = obj.journal_seq {
-            let mut f = self.journal.open_data(seq, off).await?;
+            let mut f = match self.journal.open_data(seq, off).await {
+                Ok(f) => f,
+                // Persisted while this read went on: the record left the journal because the
+                // bucket has the object now.
+                Err(super::journal::JournalError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return self.bucket_range(bucket, key, obj, off, len).await;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let mut buf = BytesMut::zeroed(usize::try_from(len).unwrap_or(0));
             f.read_exact(&mut buf).await.map_err(|source| {
                 TierError::Journal(super::journal::JournalError::Io {

@@ -310,6 +310,28 @@ fn tokio_stream<T: Send + 'static>(
     Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
+#[tokio::test]
+async fn a_read_whose_journal_record_was_persisted_meanwhile_goes_to_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing placed: the object is served from its journal record.
+    let placer = ScriptedPlacer::new(8);
+    placer.then_place(None);
+    let t = tier(&config(), dir.path(), MemoryChunks::new(), placer).await;
+    let v = data(5_000, 7);
+    put(&t, "k", &v).await;
+    let Some(KeyState::Object(obj)) = t.lookup("b", "k") else {
+        panic!()
+    };
+    assert_eq!(read(&t, "k", 0, 5_000).await, v, "from the journal");
+    // The persister confirmed it and removed the record while a reader held the object.
+    t.journal.remove(obj.journal_seq.unwrap()).await.unwrap();
+    let err = t.read_span("b", "k", &obj, 0, 100).await.unwrap_err();
+    assert!(
+        matches!(err, TierError::Backend(_)),
+        "the bucket was asked (it is unreachable here): {err:?}"
+    );
+}
+
 #[test]
 fn journal_replay_keeps_each_keys_newest_record() {
     let dir = tempfile::tempdir().unwrap();
