@@ -367,6 +367,22 @@ impl FrameBatch {
         }
         io.flush().await
     }
+
+    /// Write `first` and every frame already queued behind it in one batch, then flush: the
+    /// body of both ends' writer tasks (many small responses or requests go out in one
+    /// syscall, a large body is written straight from its buffer).
+    pub async fn write_queued<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        first: &Frame,
+        queue: &mut tokio::sync::mpsc::Receiver<Frame>,
+    ) -> io::Result<()> {
+        self.push(io, first).await?;
+        while let Ok(more) = queue.try_recv() {
+            self.push(io, &more).await?;
+        }
+        self.flush(io).await
+    }
 }
 
 #[cfg(test)]

@@ -682,11 +682,7 @@ async fn write_loop(
 ) -> std::io::Result<()> {
     let mut batch = crate::framed::FrameBatch::new();
     while let Some(frame) = rx.recv().await {
-        batch.push(&mut w, &frame).await?;
-        while let Ok(more) = rx.try_recv() {
-            batch.push(&mut w, &more).await?;
-        }
-        batch.flush(&mut w).await?;
+        batch.write_queued(&mut w, &frame, &mut rx).await?;
     }
     w.shutdown().await
 }
