@@ -503,7 +503,7 @@ impl SlidingWindow {
         };
         for (_, slot) in b.objects {
             let obj = self.store.remove(slot);
-            self.freed(&obj);
+            self.evicted(&obj);
             fx.evicted.push(obj.key.into());
         }
         // A function holds chunks only of objects of its bucket or older ones (chunks are
@@ -609,8 +609,8 @@ impl SlidingWindow {
         !self.fns[f.index()].report_full && used <= self.stop_bytes && used + chunk <= self.capacity
     }
 
-    /// The policy freed `obj`'s chunks: reports that stopped their functions are out of date.
-    fn freed(&mut self, obj: &Obj) {
+    /// `obj` was evicted: reports that stopped its functions are out of date.
+    fn evicted(&mut self, obj: &Obj) {
         for f in obj.chunks.iter().flatten() {
             self.fns[f.index()].report_full = false;
         }
@@ -765,7 +765,7 @@ impl SlidingWindow {
     fn remove_object(&mut self, slot: ObjRef) -> Obj {
         self.leave_bucket(slot);
         let obj = self.store.remove(slot);
-        self.freed(&obj);
+        self.evicted(&obj);
         obj
     }
 

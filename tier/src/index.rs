@@ -195,17 +195,19 @@ impl Index {
         g.slots.insert(k, KeyState::Object(Arc::new(clean)));
     }
 
-    /// Drops the memory copy of object `id` (its chunks are gone or evicted). A dirty object
-    /// stays, served from the journal; a clean one is forgotten.
-    pub fn drop_layout(&self, bucket: &str, key: &str, id: u128) -> bool {
+    /// Write `id` of the key leaves memory: its layout is dropped and returned (for the caller
+    /// to delete the chunks). A dirty object stays, served from the journal; a clean one is
+    /// forgotten. `None` if the key holds another write, or this one is not in memory.
+    pub fn evict(&self, bucket: &str, key: &str, id: u128) -> Option<Layout> {
         let mut g = self.lock();
         let k = (bucket.to_owned(), key.to_owned());
         let Some(KeyState::Object(o)) = g.slots.get(&k) else {
-            return false;
+            return None;
         };
         if o.id != id {
-            return false;
+            return None;
         }
+        let layout = o.layout.clone()?;
         if o.journal_seq.is_none() {
             g.slots.remove(&k);
         } else {
@@ -218,7 +220,7 @@ impl Index {
             };
             g.slots.insert(k, KeyState::Object(Arc::new(kept)));
         }
-        true
+        Some(layout)
     }
 
     /// Starts a fill: reading the key from the bucket to admit it.
@@ -375,7 +377,7 @@ mod tests {
         };
         assert_eq!(o.journal_seq, None);
         // losing the chunks of a clean object forgets it
-        assert!(ix.drop_layout("b", "k", 1));
+        assert!(ix.evict("b", "k", 1).is_some());
         assert!(ix.get("b", "k").is_none());
     }
 

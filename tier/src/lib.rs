@@ -120,13 +120,25 @@ pub trait Placer: Send + Sync + 'static {
         _ok: bool,
     ) {
     }
-    /// Write `object` of the key left memory (deleted, invalidated, not admitted, broken).
-    fn forget(&self, _bucket: &str, _key: &str, _object: u128) {}
+    /// Write `object` of the key was evicted by the tier (replaced, deleted, invalidated, not
+    /// admitted, unreadable, on a function not recovered). Not called for an eviction the
+    /// policy itself decided.
+    fn evicted(&self, _bucket: &str, _key: &str, _object: u128) {}
     /// How many chunks the policy counts on each function, if it keeps such accounting (for
     /// [`Tier::placement_check`]).
     fn chunk_counts(&self) -> Option<std::collections::BTreeMap<FunctionId, u64>> {
         None
     }
+}
+
+/// Who decided that a write leaves memory ("evict" is the one verb for it: the index drops the
+/// layout, the chunks are deleted on their functions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EvictedBy {
+    /// The policy (an `Evict` action): it already knows.
+    Policy,
+    /// The tier (unreadable, not recovered): the policy is told through [`Placer::evicted`].
+    Tier,
 }
 
 /// The tier.
@@ -429,8 +441,8 @@ impl Tier {
     /// its chunks are freed.
     pub fn invalidate(&self, bucket: &str, key: &str) {
         if let Some(old) = self.index.invalidate(bucket, key) {
-            self.placer.forget(bucket, key, old.id);
-            self.free(old);
+            self.placer.evicted(bucket, key, old.id);
+            self.delete_chunks(old.id, old.layout.as_ref());
         }
     }
 
@@ -469,16 +481,19 @@ impl Tier {
         Ok(true)
     }
 
-    /// The policy evicted write `object` of the key from memory: its chunks are freed; a write
-    /// not yet in the bucket stays, served from the journal. A newer write of the key is not
-    /// touched (the policy's eviction was about the one it replaced).
-    pub(crate) fn evict(&self, bucket: &str, key: &str, object: u128) {
-        if let Some(KeyState::Object(obj)) = self.index.get(bucket, key)
-            && obj.layout.is_some()
-            && self.index.drop_layout(bucket, key, object)
-        {
-            self.free(obj);
+    /// Write `object` of the key leaves memory: its chunks are deleted on their functions; a
+    /// write not yet in the bucket stays, served from the journal. A newer write of the key is
+    /// not touched (the eviction was about the one it replaced). The policy is told unless it
+    /// decided the eviction itself. Whether the write was in memory.
+    pub(crate) fn evict(&self, bucket: &str, key: &str, object: u128, by: EvictedBy) -> bool {
+        let Some(layout) = self.index.evict(bucket, key, object) else {
+            return false;
+        };
+        if by == EvictedBy::Tier {
+            self.placer.evicted(bucket, key, object);
         }
+        self.delete_chunks(object, Some(&layout));
+        true
     }
 
     /// Deletes a key: through the journal when it has unpersisted writes (dead letters
@@ -515,25 +530,26 @@ impl Tier {
             .index
             .write(bucket, key, seq, KeyState::Deleted { seq })
         {
-            self.placer.forget(bucket, key, old.id);
-            self.free(old);
+            self.placer.evicted(bucket, key, old.id);
+            self.delete_chunks(old.id, old.layout.as_ref());
         }
         self.persister.add(header, space);
         Ok(())
     }
 
-    /// Frees an object's chunks in the background.
-    fn free(&self, obj: Arc<CachedObject>) {
-        let Some(layout) = obj.layout.clone() else {
+    /// Deletes the chunks of write `object` on the functions of `layout`, in the background
+    /// (the I/O half of an eviction; the index no longer points at them).
+    fn delete_chunks(&self, object: u128, layout: Option<&index::Layout>) {
+        let Some(layout) = layout.cloned() else {
             return;
         };
         let store = self.chunks.clone();
         tokio::spawn(async move {
             for (p, fs) in layout.functions.iter().enumerate() {
                 for (i, f) in fs.iter().enumerate() {
-                    let name = ChunkName::of(obj.id, p, i);
+                    let name = ChunkName::of(object, p, i);
                     if let Err(e) = store.delete(*f, name).await {
-                        tracing::debug!(function = f, error = %e, "freeing a chunk failed (the function may be gone)");
+                        tracing::debug!(function = f, error = %e, "deleting an evicted chunk failed (the function may be gone)");
                     }
                 }
             }

@@ -520,7 +520,7 @@ impl Placer for MemoryManager {
         )
     }
 
-    fn forget(&self, bucket: &str, key: &str, object: u128) {
+    fn evicted(&self, bucket: &str, key: &str, object: u128) {
         let k = policy_key(bucket, key);
         self.pending().remove(&(k.clone(), object));
         {

@@ -2,6 +2,7 @@
 //! while the current one is sent), dirty objects without chunks from the journal, and misses
 //! streamed from the bucket while being admitted.
 
+use crate::EvictedBy;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -174,10 +175,7 @@ impl Tier {
             }
         }
         if broken {
-            if self.index.drop_layout(bucket, key, obj.id) {
-                self.placer.forget(bucket, key, obj.id);
-                self.free(obj.clone());
-            }
+            self.evict(bucket, key, obj.id, EvictedBy::Tier);
         } else {
             let moves = self.placer.on_read(bucket, key, obj.id, &layout.functions);
             if !moves.is_empty() {
@@ -339,7 +337,7 @@ impl Tier {
             if !ok {
                 // admit() freed what it had placed.
                 tier.index.abandon_fill(ticket);
-                tier.placer.forget(&bucket, &key, id);
+                tier.placer.evicted(&bucket, &key, id);
                 tier.metrics.admission_failures.inc();
                 return;
             }
@@ -354,14 +352,8 @@ impl Tier {
                 tier.metrics.admitted.inc();
             } else {
                 // The key was written meanwhile: what was read is stale.
-                tier.placer.forget(&bucket, &key, id);
-                tier.free(Arc::new(CachedObject {
-                    id,
-                    size,
-                    meta: ObjectMeta::default(),
-                    layout: Some(layout),
-                    journal_seq: None,
-                }));
+                tier.placer.evicted(&bucket, &key, id);
+                tier.delete_chunks(id, Some(&layout));
             }
         });
         Fill {
@@ -405,13 +397,7 @@ impl Tier {
         }
         let ok = ok && received == size;
         if !ok {
-            self.free(Arc::new(CachedObject {
-                id,
-                size,
-                meta: ObjectMeta::default(),
-                layout: Some(layout.clone()),
-                journal_seq: None,
-            }));
+            self.delete_chunks(id, Some(layout));
         }
         ok
     }

@@ -20,6 +20,7 @@
 //! recovery. `gateway_pieces_below_redundancy` counts pieces waiting for a chunk; it returns to
 //! 0 when recovery is over.
 
+use crate::EvictedBy;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -135,10 +136,7 @@ impl Tier {
                 }
                 Err(e) => {
                     warn!(bucket = job.bucket, key = job.key, error = %e, "restoring a chunk failed; dropping the object from memory");
-                    if self.index.drop_layout(&job.bucket, &job.key, job.obj.id) {
-                        self.placer.forget(&job.bucket, &job.key, job.obj.id);
-                        self.free(job.obj.clone());
-                    }
+                    self.evict(&job.bucket, &job.key, job.obj.id, EvictedBy::Tier);
                 }
             }
         }
@@ -219,10 +217,7 @@ impl Tier {
     /// them back into the current bucket (the delegation).
     pub fn abandon(&self, f: FunctionId) {
         for (bucket, key, obj) in self.index.objects_on(f) {
-            if self.index.drop_layout(&bucket, &key, obj.id) {
-                self.placer.forget(&bucket, &key, obj.id);
-                self.free(obj);
-            }
+            self.evict(&bucket, &key, obj.id, EvictedBy::Tier);
         }
     }
 }

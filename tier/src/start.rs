@@ -2,6 +2,7 @@
 //! behind its adapter, the tier itself, and the loops that carry the policy's decisions out
 //! and tell it about lost functions.
 
+use crate::EvictedBy;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -66,7 +67,9 @@ pub async fn start(
                     bucket,
                     key,
                     object,
-                } => t.evict(&bucket, &key, object),
+                } => {
+                    t.evict(&bucket, &key, object, EvictedBy::Policy);
+                }
                 Action::Warmup(f) => p.warmup(f),
                 Action::Recover { function, expected } => {
                     let restoring = t.recover(function);

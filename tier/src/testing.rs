@@ -180,8 +180,8 @@ pub enum Report {
         /// Whether they were carried out.
         ok: bool,
     },
-    /// `forget` for `object`.
-    Forgot {
+    /// `evicted` for `object`.
+    Evicted {
         /// Key.
         key: String,
         /// Object id.
@@ -297,8 +297,8 @@ impl Placer for ScriptedPlacer {
         });
     }
 
-    fn forget(&self, _bucket: &str, key: &str, object: u128) {
-        self.s().reports.push(Report::Forgot {
+    fn evicted(&self, _bucket: &str, key: &str, object: u128) {
+        self.s().reports.push(Report::Evicted {
             key: key.to_owned(),
             object,
         });

@@ -298,7 +298,7 @@ async fn a_fill_that_raced_a_write_of_its_key_is_discarded() {
     assert!(
         reports
             .iter()
-            .any(|r| matches!(r, Report::Forgot { object, .. } if *object == placed[0])),
+            .any(|r| matches!(r, Report::Evicted { object, .. } if *object == placed[0])),
         "the fill's object is forgotten: {reports:?}"
     );
 }
@@ -439,7 +439,7 @@ fn drive(t: &Arc<Tier>, actions: &mut tokio::sync::mpsc::UnboundedReceiver<Actio
             object,
         } = a
         {
-            t.evict(&bucket, &key, object);
+            t.evict(&bucket, &key, object, crate::EvictedBy::Policy);
         }
     }
 }

@@ -169,18 +169,15 @@ impl Tier {
         .await;
         let abandon = |placement: &Option<Vec<Vec<FunctionId>>>| {
             if let Some(p) = placement {
-                self.placer.forget(bucket, key, id);
-                self.free(Arc::new(CachedObject {
+                self.placer.evicted(bucket, key, id);
+                self.delete_chunks(
                     id,
-                    size,
-                    meta: ObjectMeta::default(),
-                    layout: Some(Layout {
+                    Some(&Layout {
                         codec: self.codec,
                         piece_size: self.piece_size,
                         functions: p.clone(),
                     }),
-                    journal_seq: None,
-                }));
+                );
             }
         };
         let streamed = match streamed {
@@ -253,8 +250,8 @@ impl Tier {
         } else {
             // Some chunks did not make it: free the rest, serve from the journal.
             self.metrics.admission_failures.inc();
-            self.placer.forget(bucket, key, id);
-            self.free(obj);
+            self.placer.evicted(bucket, key, id);
+            self.delete_chunks(id, obj.layout.as_ref());
             Arc::new(CachedObject {
                 id,
                 size,
@@ -265,11 +262,11 @@ impl Tier {
         };
         match self.index.write(bucket, key, seq, KeyState::Object(obj)) {
             Ok(Some(old)) => {
-                self.placer.forget(bucket, key, old.id);
-                self.free(old);
+                self.placer.evicted(bucket, key, old.id);
+                self.delete_chunks(old.id, old.layout.as_ref());
             }
             Ok(None) => {}
-            Err(KeyState::Object(lost)) => self.free(lost),
+            Err(KeyState::Object(lost)) => self.delete_chunks(lost.id, lost.layout.as_ref()),
             Err(KeyState::Deleted { .. }) => {}
         }
         self.persister.add(header, space);
