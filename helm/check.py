@@ -449,9 +449,11 @@ def check_configs(rendered: dict[str, list[tuple[str, dict]]]) -> None:
 # --- the Grafana dashboard --------------------------------------------------------------------
 
 def registered_metrics() -> set[str]:
-    """Metric families the gateway registers (prometheus-client adds `_total` to counters)."""
+    """Metric families the gateway registers, its own and the tier crate's (prometheus-client
+    adds `_total` to counters)."""
     names: set[str] = set()
-    for f in (ROOT / "gateway" / "src").rglob("*.rs"):
+    sources = [f for crate in ("gateway", "tier") for f in (ROOT / crate / "src").rglob("*.rs")]
+    for f in sources:
         text = f.read_text()
         prefixes = dict(re.findall(r'let\s+(?:mut\s+)?(\w+)\s*=\s*\w+\s*\.sub_registry_with_prefix\(\s*"([a-z0-9_]+)"', text))
         for var, name in re.findall(r'\b(\w+)\.register\(\s*"([a-z0-9_]+)"', text):
@@ -469,7 +471,7 @@ def check_dashboard() -> None:
         fail(f"{DASHBOARD}: schemaVersion must be >= 36")
     known = registered_metrics()
     if not known:
-        fail("found no registered metrics in gateway/src")
+        fail("found no registered metrics in gateway/src or tier/src")
         return
     panels = []
     stack = list(dash.get("panels", []))

@@ -263,7 +263,7 @@ fn recovery_bench(held_mib: usize, parallelism: &[usize]) {
                 env: vec![
                     ("GATEWAY_LAMBDA_ENDPOINT".into(), emu.endpoint.clone()),
                     ("GATEWAY_FUNCTION_SECRET".into(), SECRET.into()),
-                    ("RUST_LOG".into(), "warn,gateway::tier=info".into()),
+                    ("RUST_LOG".into(), "warn,tier=info".into()),
                 ],
                 config: Some(config),
                 ..Default::default()
