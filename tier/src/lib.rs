@@ -441,8 +441,7 @@ impl Tier {
     /// its chunks are freed.
     pub fn invalidate(&self, bucket: &str, key: &str) {
         if let Some(old) = self.index.invalidate(bucket, key) {
-            self.placer.evicted(bucket, key, old.id);
-            self.delete_chunks(old.id, old.layout.as_ref());
+            self.evict_unindexed(bucket, key, old.id, old.layout.as_ref());
         }
     }
 
@@ -489,11 +488,24 @@ impl Tier {
         let Some(layout) = self.index.evict(bucket, key, object) else {
             return false;
         };
-        if by == EvictedBy::Tier {
-            self.placer.evicted(bucket, key, object);
+        match by {
+            EvictedBy::Tier => self.evict_unindexed(bucket, key, object, Some(&layout)),
+            EvictedBy::Policy => self.delete_chunks(object, Some(&layout)),
         }
-        self.delete_chunks(object, Some(&layout));
         true
+    }
+
+    /// Write `object` of the key, no longer in the index (replaced, deleted, invalidated, not
+    /// admitted), leaves memory: the policy is told and the chunks of `layout` are deleted.
+    fn evict_unindexed(
+        &self,
+        bucket: &str,
+        key: &str,
+        object: u128,
+        layout: Option<&index::Layout>,
+    ) {
+        self.placer.evicted(bucket, key, object);
+        self.delete_chunks(object, layout);
     }
 
     /// Deletes a key: through the journal when it has unpersisted writes (dead letters
@@ -530,8 +542,7 @@ impl Tier {
             .index
             .write(bucket, key, seq, KeyState::Deleted { seq })
         {
-            self.placer.evicted(bucket, key, old.id);
-            self.delete_chunks(old.id, old.layout.as_ref());
+            self.evict_unindexed(bucket, key, old.id, old.layout.as_ref());
         }
         self.persister.add(header, space);
         Ok(())

@@ -352,8 +352,7 @@ impl Tier {
                 tier.metrics.admitted.inc();
             } else {
                 // The key was written meanwhile: what was read is stale.
-                tier.placer.evicted(&bucket, &key, id);
-                tier.delete_chunks(id, Some(&layout));
+                tier.evict_unindexed(&bucket, &key, id, Some(&layout));
             }
         });
         Fill {

@@ -169,8 +169,9 @@ impl Tier {
         .await;
         let abandon = |placement: &Option<Vec<Vec<FunctionId>>>| {
             if let Some(p) = placement {
-                self.placer.evicted(bucket, key, id);
-                self.delete_chunks(
+                self.evict_unindexed(
+                    bucket,
+                    key,
                     id,
                     Some(&Layout {
                         codec: self.codec,
@@ -250,8 +251,7 @@ impl Tier {
         } else {
             // Some chunks did not make it: free the rest, serve from the journal.
             self.metrics.admission_failures.inc();
-            self.placer.evicted(bucket, key, id);
-            self.delete_chunks(id, obj.layout.as_ref());
+            self.evict_unindexed(bucket, key, id, obj.layout.as_ref());
             Arc::new(CachedObject {
                 id,
                 size,
@@ -262,8 +262,7 @@ impl Tier {
         };
         match self.index.write(bucket, key, seq, KeyState::Object(obj)) {
             Ok(Some(old)) => {
-                self.placer.evicted(bucket, key, old.id);
-                self.delete_chunks(old.id, old.layout.as_ref());
+                self.evict_unindexed(bucket, key, old.id, old.layout.as_ref());
             }
             Ok(None) => {}
             Err(KeyState::Object(lost)) => self.delete_chunks(lost.id, lost.layout.as_ref()),
