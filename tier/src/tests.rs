@@ -79,6 +79,47 @@ fn layout(t: &Tier, key: &str) -> Vec<Vec<u32>> {
     }
 }
 
+/// A tier over `MemoryChunks` and a `ScriptedPlacer` of `functions` functions, its journal in a
+/// temporary directory.
+struct Fixture {
+    /// Bind it (`_dir`, not `_`) for as long as the tier runs.
+    _dir: tempfile::TempDir,
+    mem: Arc<MemoryChunks>,
+    placer: Arc<ScriptedPlacer>,
+    t: Arc<Tier>,
+}
+
+async fn fixture(functions: u32) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MemoryChunks::new();
+    let placer = ScriptedPlacer::new(functions);
+    let t = tier(&config(), dir.path(), mem.clone(), placer.clone()).await;
+    Fixture {
+        _dir: dir,
+        mem,
+        placer,
+        t,
+    }
+}
+
+/// Chunk 0 of pieces 0 and 1 (of `layout`) to functions `to.0` and `to.1`.
+fn move_first_chunks(layout: &[Vec<u32>], to: (u32, u32)) -> Vec<Relocation> {
+    vec![
+        Relocation {
+            piece: 0,
+            chunk: 0,
+            from: Some(layout[0][0]),
+            to: to.0,
+        },
+        Relocation {
+            piece: 1,
+            chunk: 0,
+            from: Some(layout[1][0]),
+            to: to.1,
+        },
+    ]
+}
+
 /// Lets the tier's background tasks (frees, relocations, recovery) finish.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(15)).await;
@@ -86,9 +127,7 @@ async fn settle() {
 
 #[tokio::test]
 async fn ranges_across_piece_edges_read_back_exactly_with_a_function_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let mem = MemoryChunks::new();
-    let t = tier(&config(), dir.path(), mem.clone(), ScriptedPlacer::new(8)).await;
+    let Fixture { _dir, mem, t, .. } = fixture(8).await;
     // Pieces of 4 KiB (4 data chunks of 1 KiB): 10,000 bytes are pieces of 4096, 4096, 1808.
     let v = data(10_000, 1);
     let meta = put(&t, "k", &v).await;
@@ -124,29 +163,18 @@ async fn ranges_across_piece_edges_read_back_exactly_with_a_function_lost() {
 
 #[tokio::test]
 async fn a_relocation_that_fails_midway_changes_nothing_and_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let mem = MemoryChunks::new();
-    let placer = ScriptedPlacer::new(12);
-    let t = tier(&config(), dir.path(), mem.clone(), placer.clone()).await;
+    let Fixture {
+        _dir,
+        mem,
+        placer,
+        t,
+    } = fixture(12).await;
     let v = data(6_000, 2);
     put(&t, "k", &v).await;
     let before = layout(&t, "k");
     // The policy moves chunk 0 of both pieces to functions 10 and 11; 11 refuses writes.
     mem.fail_puts(11);
-    let moves = vec![
-        Relocation {
-            piece: 0,
-            chunk: 0,
-            from: Some(before[0][0]),
-            to: 10,
-        },
-        Relocation {
-            piece: 1,
-            chunk: 0,
-            from: Some(before[1][0]),
-            to: 11,
-        },
-    ];
+    let moves = move_first_chunks(&before, (10, 11));
     placer.then_move(moves.clone());
     assert_eq!(read(&t, "k", 0, 6_000).await, v);
     settle().await;
@@ -170,28 +198,17 @@ async fn a_relocation_that_fails_midway_changes_nothing_and_says_so() {
 
 #[tokio::test]
 async fn a_relocation_that_succeeds_moves_the_chunks_and_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let mem = MemoryChunks::new();
-    let placer = ScriptedPlacer::new(12);
-    let t = tier(&config(), dir.path(), mem.clone(), placer.clone()).await;
+    let Fixture {
+        _dir,
+        mem,
+        placer,
+        t,
+    } = fixture(12).await;
     let v = data(6_000, 2);
     put(&t, "k", &v).await;
     let before = layout(&t, "k");
     let (old0, old1) = (mem.count_on(before[0][0]), mem.count_on(before[1][0]));
-    placer.then_move(vec![
-        Relocation {
-            piece: 0,
-            chunk: 0,
-            from: Some(before[0][0]),
-            to: 10,
-        },
-        Relocation {
-            piece: 1,
-            chunk: 0,
-            from: Some(before[1][0]),
-            to: 11,
-        },
-    ]);
+    placer.then_move(move_first_chunks(&before, (10, 11)));
     assert_eq!(read(&t, "k", 0, 6_000).await, v);
     settle().await;
     let after = layout(&t, "k");
@@ -215,9 +232,7 @@ async fn a_relocation_that_succeeds_moves_the_chunks_and_says_so() {
 
 #[tokio::test]
 async fn recovery_restores_every_chunk_of_a_lost_function() {
-    let dir = tempfile::tempdir().unwrap();
-    let mem = MemoryChunks::new();
-    let t = tier(&config(), dir.path(), mem.clone(), ScriptedPlacer::new(8)).await;
+    let Fixture { _dir, mem, t, .. } = fixture(8).await;
     let objects: Vec<(String, Vec<u8>)> = (0..4)
         .map(|i| (format!("o{i}"), data(3_000 + i * 2_500, i as u8)))
         .collect();
@@ -248,10 +263,9 @@ async fn recovery_restores_every_chunk_of_a_lost_function() {
 
 #[tokio::test]
 async fn a_fill_that_raced_a_write_of_its_key_is_discarded() {
-    let dir = tempfile::tempdir().unwrap();
-    let mem = MemoryChunks::new();
-    let placer = ScriptedPlacer::new(8);
-    let t = tier(&config(), dir.path(), mem.clone(), placer.clone()).await;
+    let Fixture {
+        _dir, placer, t, ..
+    } = fixture(8).await;
     // A GET miss starts reading the old version from the bucket and admitting it.
     let old = data(8_192, 3);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(8);
