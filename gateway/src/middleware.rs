@@ -122,8 +122,12 @@ where
         let slot = OperationSlot::default();
         let (mut parts, body) = req.into_parts();
         let declared = declared_length(&mut parts.headers);
+        let expects_continue = parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let client = ClientBodyState::default();
-        let body = ClientBody::new(body, client.clone(), declared, self.rate);
+        let body = ClientBody::new(body, client.clone(), declared, self.rate, expects_continue);
         parts.extensions.insert(slot.clone());
         parts.extensions.insert(id.clone());
         let span = tracing::info_span!(
@@ -299,7 +303,12 @@ struct ClientBodyState {
 /// overrun is an error) and the minimum rate, and records a failure so the response can blame
 /// the client.
 pub struct ClientBody {
-    inner: Incoming,
+    /// `None` once handed to the drain task (see `Drop`).
+    inner: Option<Incoming>,
+    /// The client asked `Expect: 100-continue`: until the body is read it has not sent it.
+    expects_continue: bool,
+    /// Whether dropping the body unread drains the rest (false for the drain itself).
+    drain_on_drop: bool,
     state: ClientBodyState,
     expected: Option<u64>,
     rate: BodyRate,
@@ -338,9 +347,17 @@ pub enum ClientBodyError {
 }
 
 impl ClientBody {
-    fn new(inner: Incoming, state: ClientBodyState, expected: Option<u64>, rate: BodyRate) -> Self {
+    fn new(
+        inner: Incoming,
+        state: ClientBodyState,
+        expected: Option<u64>,
+        rate: BodyRate,
+        expects_continue: bool,
+    ) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
+            expects_continue,
+            drain_on_drop: true,
             state,
             expected,
             rate,
@@ -406,7 +423,10 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if polled.is_pending() {
             return match this.poll_wait(cx) {
                 Ok(()) => Poll::Pending,
@@ -459,16 +479,69 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.expected {
-            Some(n) => {
+        match (self.expected, &self.inner) {
+            (Some(n), _) => {
                 SizeHint::with_exact(n.saturating_sub(self.state.bytes.load(Ordering::Relaxed)))
             }
-            None => self.inner.size_hint(),
+            (None, Some(inner)) => inner.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// The most of an unread request body the gateway reads and discards after refusing the
+/// request (a refused PUT or UploadPart of a multipart part's size).
+const DRAIN_LIMIT: u64 = 64 << 20;
+
+/// Longest the gateway spends reading and discarding a refused request's body.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Drop for ClientBody {
+    /// A request refused before its body was read (a bad key, a bad signature, a full
+    /// journal): hyper would close the connection with the client still sending, and the
+    /// client would see a connection reset instead of the S3 error. So the rest of a body of
+    /// declared length up to [`DRAIN_LIMIT`] is read and discarded (at the minimum rate, for at
+    /// most [`DRAIN_TIMEOUT`]) while the response goes out. A client that sent
+    /// `Expect: 100-continue` and nothing yet gets the error without sending its body.
+    fn drop(&mut self) {
+        if !self.drain_on_drop {
+            return;
+        }
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let got = self.state.bytes.load(Ordering::Relaxed);
+        let Some(left) = self.expected.map(|n| n.saturating_sub(got)) else {
+            return;
+        };
+        if inner.is_end_stream() || left == 0 || left > DRAIN_LIMIT {
+            return;
+        }
+        if self.expects_continue && got == 0 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut rest = ClientBody::new(
+            inner,
+            ClientBodyState::default(),
+            Some(left),
+            self.rate,
+            false,
+        );
+        rest.drain_on_drop = false;
+        runtime.spawn(async move {
+            use http_body_util::BodyExt;
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                while let Some(Ok(_)) = rest.frame().await {}
+            })
+            .await;
+        });
     }
 }
 
