@@ -1,6 +1,8 @@
-"""boto3 upload_file / download_file through the gateway (multipart both ways).
+"""boto3 upload_file / download_file through the gateway (multipart both ways, with boto3's
+default TransferConfig: 8 MiB parts, 10 threads).
 
-Usage: boto3_roundtrip.py ENDPOINT BUCKET SRC_FILE DST_FILE
+Usage: boto3_roundtrip.py ENDPOINT BUCKET SRC_FILE DST_FILE [again]
+`again`: only download (again), compare, and delete the object.
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
 """
 import hashlib
@@ -21,25 +23,26 @@ def sha256(path):
 
 def main():
     endpoint, bucket, src, dst = sys.argv[1:5]
+    again = sys.argv[5:] == ["again"]
     s3 = boto3.client(
         "s3",
         endpoint_url=endpoint,
         region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
-    # 8 MiB parts: a 100 MiB file goes up and comes down in many parts, concurrently.
-    cfg = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
-    s3.upload_file(src, bucket, "boto3/object.bin", Config=cfg)
-    head = s3.head_object(Bucket=bucket, Key="boto3/object.bin")
-    assert "-" in head["ETag"], f"expected a multipart ETag, got {head['ETag']}"
+    cfg = TransferConfig()
+    if not again:
+        s3.upload_file(src, bucket, "boto3/object.bin", Config=cfg)
+        head = s3.head_object(Bucket=bucket, Key="boto3/object.bin")
+        assert "-" in head["ETag"], f"expected a multipart ETag, got {head['ETag']}"
     s3.download_file(bucket, "boto3/object.bin", dst, Config=cfg)
     a, b = sha256(src), sha256(dst)
     assert a == b, f"checksums differ: {a} != {b}"
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="boto3/")
     assert [o["Key"] for o in listed.get("Contents", [])] == ["boto3/object.bin"], listed
-    s3.delete_object(Bucket=bucket, Key="boto3/object.bin")
+    if again:
+        s3.delete_object(Bucket=bucket, Key="boto3/object.bin")
     print("boto3 round trip ok", a)
-
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
 //! End-to-end with real clients from the test virtualenv (`$E2E_VENV`, made by `make test`):
-//! the aws CLI and boto3, and rclone (Debian), against the built gateway in its embedded default.
+//! the aws CLI, boto3 and s5cmd, and rclone (Debian), against the built gateway in its embedded
+//! default, each used as its users do and checked on `/metrics` as well as on the bytes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -69,6 +70,19 @@ fn run_ok(mut cmd: Command, tool: &str, args: &[&str], logs: &Path) -> String {
     stdout.into_owned()
 }
 
+/// Waits (up to 60 s) until a metric reaches `at_least`.
+fn wait_for_metric(gw: &GatewayProc, series: &str, at_least: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while gw.metric(series) < at_least {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} stayed at {} (< {at_least})",
+            gw.metric(series)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn aws_cli_copy_sync_list_remove() {
     let Some(venv) = tool_or_skip(venv(), "the test virtualenv (E2E_VENV) with the aws CLI") else {
@@ -119,6 +133,32 @@ fn aws_cli_copy_sync_list_remove() {
         sha256_file(&big),
         sha256_file(&back),
         "100 MiB round trip differs"
+    );
+    // The download was parallel ranged GETs, all misses: the first started one background
+    // admission of the whole object, and the second download comes from function memory.
+    wait_for_metric(&gw, "gateway_tier_admitted_total", 1.0);
+    assert_eq!(gw.metric("gateway_tier_background_fills_total"), 1.0);
+    let (tier_before, bucket_before) = (
+        gw.metric("gateway_tier_bytes_from_tier_total"),
+        gw.metric("gateway_tier_bytes_from_bucket_total"),
+    );
+    std::fs::remove_file(&back).unwrap();
+    aws.ok(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        &format!("s3://{bucket}/big/big.bin"),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(sha256_file(&big), sha256_file(&back), "second download");
+    assert_eq!(
+        gw.metric("gateway_tier_bytes_from_tier_total") - tier_before,
+        (100 << 20) as f64,
+        "the second download comes from function memory"
+    );
+    assert_eq!(
+        gw.metric("gateway_tier_bytes_from_bucket_total"),
+        bucket_before
     );
 
     // sync a directory with awkward names, then ls and rm.
@@ -214,24 +254,88 @@ fn boto3_upload_and_download_file() {
             .expect("create bucket")
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/boto3_roundtrip.py");
-    let out = Command::new(venv.join("bin/python"))
-        .arg(script)
-        .arg(&gw.endpoint)
-        .arg(&bucket)
-        .arg(&src)
-        .arg(work.path().join("dst.bin"))
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "boto3 round trip failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let run = |extra: &[&str]| {
+        let out = Command::new(venv.join("bin/python"))
+            .arg(&script)
+            .arg(&gw.endpoint)
+            .arg(&bucket)
+            .arg(&src)
+            .arg(work.path().join("dst.bin"))
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "boto3 {extra:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[]);
+    // download_file's parallel ranged GETs missed and admitted the object once; the second
+    // download_file is served from function memory.
+    wait_for_metric(&gw, "gateway_tier_admitted_total", 1.0);
+    assert_eq!(gw.metric("gateway_tier_background_fills_total"), 1.0);
+    let from_tier = gw.metric("gateway_tier_bytes_from_tier_total");
+    run(&["again"]);
+    assert_eq!(
+        gw.metric("gateway_tier_bytes_from_tier_total") - from_tier,
+        (40 << 20) as f64,
+        "the second download_file comes from function memory"
     );
+}
+
+/// s5cmd 64 MiB up in 8 MiB parts (`cp -p 8`) and down twice: its downloads are parallel
+/// ranged GETs; the first admits the object once, the second comes from function memory.
+#[test]
+fn s5cmd_copy_down_twice_from_memory() {
+    let Some(venv) = tool_or_skip(venv(), "the test virtualenv (E2E_VENV) with s5cmd") else {
+        return;
+    };
+    let gw = GatewayProc::start("e2e_s5cmd", &Backend::Embedded);
+    let work = tempfile::tempdir().expect("tempdir");
+    let s5 = |args: &[&str]| {
+        let mut cmd = Command::new(venv.join("bin/s5cmd"));
+        cmd.arg("--endpoint-url")
+            .arg(&gw.endpoint)
+            .arg("--retry-count")
+            .arg("0")
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+        run_ok(cmd, "s5cmd", args, &gw.logs)
+    };
+    let bucket = unique_bucket("s5cmd");
+    s5(&["mb", &format!("s3://{bucket}")]);
+    let src = work.path().join("src.bin");
+    std::fs::write(&src, payload(64 << 20, 64)).expect("write");
+    let url = format!("s3://{bucket}/s5/object.bin");
+    s5(&["cp", "-p", "8", "-c", "8", src.to_str().unwrap(), &url]);
+    let ls = s5(&["ls", &url]);
+    assert!(ls.contains("67108864"), "{ls}");
+    let dst = work.path().join("dst.bin");
+    s5(&["cp", "-p", "8", "-c", "8", &url, dst.to_str().unwrap()]);
+    assert_eq!(sha256_file(&src), sha256_file(&dst), "first download");
+    wait_for_metric(&gw, "gateway_tier_admitted_total", 1.0);
+    assert_eq!(gw.metric("gateway_tier_background_fills_total"), 1.0);
+    let from_tier = gw.metric("gateway_tier_bytes_from_tier_total");
+    std::fs::remove_file(&dst).unwrap();
+    s5(&["cp", "-p", "8", "-c", "8", &url, dst.to_str().unwrap()]);
+    assert_eq!(sha256_file(&src), sha256_file(&dst), "second download");
+    assert_eq!(
+        gw.metric("gateway_tier_bytes_from_tier_total") - from_tier,
+        (64 << 20) as f64,
+        "the second download comes from function memory"
+    );
+    s5(&["rm", &url]);
+    s5(&["rb", &format!("s3://{bucket}")]);
 }
 
 /// rclone with a remote configured from the environment (`RCLONE_CONFIG_GW_*`), no config file.
@@ -333,9 +437,15 @@ fn rclone_copy_check_server_side_copy_sync_delete() {
     let listed = rclone.ok(&["lsf", "-R", "--files-only", &dst]);
     assert!(!listed.lines().any(|l| l == "a.txt"), "{listed}");
 
-    // Down again and byte-compare.
+    // Down again and byte-compare: big.bin was admitted by `check --download` (a whole-object
+    // GET miss), so this copy reads it from function memory.
+    let from_tier = gw.metric("gateway_tier_bytes_from_tier_total");
     let down = work.path().join("down");
     rclone.ok(&["copy", &dst, down.to_str().unwrap()]);
+    assert!(
+        gw.metric("gateway_tier_bytes_from_tier_total") - from_tier >= (24 << 20) as f64,
+        "rclone copy of big.bin from function memory"
+    );
     for name in ["big.bin", "sub/b c.txt", "sub/d+e%f.bin"] {
         assert_eq!(
             sha256_file(&dir.join(name)),

@@ -58,6 +58,10 @@ pub struct TierConfig {
     /// Parallel streams restoring a reclaimed function's chunks (InfiniStore used 20 helper
     /// functions). Default 20.
     pub recovery_parallelism: usize,
+    /// Whole-object admissions started by ranged GET misses, running at once (one per key); a
+    /// ranged miss past this is served from the bucket and not admitted. 0 turns them off.
+    /// Default 4.
+    pub background_fills: usize,
     /// Longest delay between two attempts to persist a write (the delay doubles from 0.5 s).
     /// Default `30s`.
     #[serde(with = "humantime_serde")]
@@ -80,6 +84,7 @@ impl Default for TierConfig {
             flush_timeout: Duration::from_secs(60),
             chunk_timeout: Duration::from_secs(5),
             recovery_parallelism: 20,
+            background_fills: 4,
             persist_retry_max: crate::persist::RETRY_MAX,
         }
     }

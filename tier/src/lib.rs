@@ -19,6 +19,7 @@
 //! never lands last. A write the bucket refuses for good is a dead letter ([`persist`]).
 
 pub mod backend;
+mod background;
 mod body;
 mod chunks;
 pub mod config;
@@ -156,6 +157,7 @@ pub struct Tier {
     recovery: metrics::RecoveryMetrics,
     buckets: Arc<Mutex<HashSet<String>>>,
     locks: Arc<KeyLocks>,
+    background: background::BackgroundFills,
 }
 
 /// A write passed straight to the bucket, holding its key's commit lock (see [`order`]):
@@ -274,6 +276,7 @@ impl Tier {
             recovery,
             buckets: known_buckets,
             locks: Arc::new(KeyLocks::default()),
+            background: background::BackgroundFills::new(cfg.background_fills),
         });
         let weak = Arc::downgrade(&tier);
         tokio::spawn(async move {

@@ -25,8 +25,13 @@ pub struct TierMetrics {
     pub direct_pieces: Counter,
     /// Objects admitted into function memory (writes and read misses).
     pub admitted: Counter,
-    /// Objects not admitted because chunks could not be placed.
+    /// Objects not admitted: chunks could not be placed, or a background fill's bucket read
+    /// failed.
     pub admission_failures: Counter,
+    /// Whole-object admissions started by ranged GET misses.
+    pub background_fills: Counter,
+    /// Ranged GET misses not admitted because `background_fills` were already running.
+    pub background_fills_skipped: Counter,
     /// Bytes acknowledged but not yet in the bucket.
     pub dirty_bytes: Gauge,
     /// Keys with writes not yet in the bucket.
@@ -89,8 +94,18 @@ impl TierMetrics {
         );
         r.register(
             "admission_failures",
-            "Objects whose chunks could not be placed",
+            "Objects not admitted: chunks not placed, or a background fill's bucket read failed",
             m.admission_failures.clone(),
+        );
+        r.register(
+            "background_fills",
+            "Whole-object admissions started by ranged GET misses",
+            m.background_fills.clone(),
+        );
+        r.register(
+            "background_fills_skipped",
+            "Ranged GET misses not admitted because the background fills were all busy",
+            m.background_fills_skipped.clone(),
         );
         r.register(
             "dirty_bytes",

@@ -39,6 +39,17 @@ impl Range {
     }
 }
 
+/// How an admission ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// All of the object was placed.
+    Placed,
+    /// Its bytes stopped coming before the end.
+    Short,
+    /// A piece could not be placed.
+    Unplaced,
+}
+
 /// Journal reads are this large.
 const JOURNAL_READ: usize = 1 << 20;
 /// Frames buffered between a miss's client stream and its admission.
@@ -293,7 +304,7 @@ impl Tier {
     /// it reads the whole object (`whole`) of a size the tier admits, `body` is cut into
     /// pieces and placed in function memory while it streams to the client. The gateway never
     /// holds the whole object, and the client is never slowed down: if admission falls behind,
-    /// it is abandoned.
+    /// it is abandoned and a background fill reads the object again ([`crate::background`]).
     pub fn fill<B>(
         self: &Arc<Self>,
         bucket: &str,
@@ -313,6 +324,33 @@ impl Tier {
         if !whole || !self.admits(size) {
             return pass(body);
         }
+        let ticket = self.index.begin_fill();
+        let Some(tx) = self.start_admission(bucket, key, size, meta, ticket, true) else {
+            return pass(body);
+        };
+        Fill {
+            inner: body,
+            tx: Some(tx),
+            remaining: size,
+        }
+    }
+
+    /// Places chunks for an object of `size` bytes read from the bucket and spawns its
+    /// admission: the bytes sent into the returned channel are cut into pieces and placed, and
+    /// once all `size` of them are placed the object is installed in the index (unless the key
+    /// was written since `ticket` was taken: then what was read is stale and is freed). `None`
+    /// when the placer has no room (counted as an admission failure). `or_in_background`: if
+    /// the channel closes short of `size` bytes (the client outran the admission, or left),
+    /// a background fill of the object starts instead ([`crate::background`]).
+    pub(crate) fn start_admission(
+        self: &Arc<Self>,
+        bucket: &str,
+        key: &str,
+        size: u64,
+        meta: ObjectMeta,
+        ticket: super::index::FillTicket,
+        or_in_background: bool,
+    ) -> Option<mpsc::Sender<Bytes>> {
         let id: u128 = rand::random();
         let pieces =
             usize::try_from(Layout::piece_count(size, self.piece_size)).unwrap_or(usize::MAX);
@@ -320,10 +358,10 @@ impl Tier {
             .placer
             .place(bucket, key, id, size, pieces, self.codec.total())
         else {
+            self.index.abandon_fill(ticket);
             self.metrics.admission_failures.inc();
-            return pass(body);
+            return None;
         };
-        let ticket = self.index.begin_fill();
         let (tx, rx) = mpsc::channel::<Bytes>(ADMISSION_FRAMES);
         let tier = self.clone();
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
@@ -333,12 +371,20 @@ impl Tier {
                 piece_size: tier.piece_size,
                 functions: placement,
             };
-            let ok = tier.admit(id, size, &layout, rx).await;
-            if !ok {
+            let retry = or_in_background.then(|| meta.clone());
+            let outcome = tier.admit(id, size, &layout, rx).await;
+            if outcome != Admission::Placed {
                 // admit() freed what it had placed.
                 tier.index.abandon_fill(ticket);
                 tier.placer.evicted(&bucket, &key, id);
-                tier.metrics.admission_failures.inc();
+                match (outcome, retry) {
+                    (Admission::Short, Some(meta)) => {
+                        let _ = tier.start_background_fill(&bucket, &key, size, meta);
+                    }
+                    _ => {
+                        tier.metrics.admission_failures.inc();
+                    }
+                }
                 return;
             }
             let obj = CachedObject {
@@ -355,22 +401,18 @@ impl Tier {
                 tier.evict_unindexed(&bucket, &key, id, Some(&layout));
             }
         });
-        Fill {
-            inner: body,
-            tx: Some(tx),
-            remaining: size,
-        }
+        Some(tx)
     }
 
-    /// Receives the object's bytes and places them piece by piece; true when all of it was
-    /// placed. On failure the chunks placed so far are freed.
+    /// Receives the object's bytes and places them piece by piece. Unless all of it was
+    /// placed, the chunks placed so far are freed.
     async fn admit(
         &self,
         id: u128,
         size: u64,
         layout: &Layout,
         mut rx: mpsc::Receiver<Bytes>,
-    ) -> bool {
+    ) -> Admission {
         let ps = usize::try_from(layout.piece_size).unwrap_or(usize::MAX);
         let mut buf = BytesMut::new();
         let mut received = 0u64;
@@ -394,11 +436,15 @@ impl Tier {
                 .place_piece(id, layout, index, buf.split().freeze())
                 .await;
         }
-        let ok = ok && received == size;
-        if !ok {
-            self.delete_chunks(id, Some(layout));
+        if ok && received == size {
+            return Admission::Placed;
         }
-        ok
+        self.delete_chunks(id, Some(layout));
+        if ok {
+            Admission::Short
+        } else {
+            Admission::Unplaced
+        }
     }
 
     async fn place_piece(&self, id: u128, layout: &Layout, index: usize, piece: Bytes) -> bool {

@@ -526,3 +526,47 @@ proptest::proptest! {
         });
     }
 }
+
+/// Ranged misses start one background fill per key, at most `background_fills` at once, none
+/// for a key the tier holds or an object it would not admit; a fill whose bucket read fails
+/// frees its key and slot.
+#[tokio::test]
+async fn ranged_misses_start_one_bounded_background_fill_per_key() {
+    use crate::background::NotStarted;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::config::TierConfig {
+        background_fills: 2,
+        ..config()
+    };
+    let placer = ScriptedPlacer::new(8);
+    let t = tier(&cfg, dir.path(), MemoryChunks::new(), placer).await;
+    let meta = ObjectMeta {
+        etag: "0123456789abcdef0123456789abcdef".into(),
+        ..ObjectMeta::default()
+    };
+    let start = |key: &str, size: u64, meta: &ObjectMeta| {
+        t.start_background_fill("b", key, size, meta.clone())
+    };
+    // On this current-thread runtime the fills' tasks run only once the test yields.
+    assert_eq!(start("k", 64 << 10, &meta), Ok(()));
+    assert_eq!(start("k", 64 << 10, &meta), Err(NotStarted::Running));
+    assert_eq!(start("k2", 64 << 10, &meta), Ok(()));
+    assert_eq!(start("k3", 64 << 10, &meta), Err(NotStarted::Busy));
+    assert_eq!(start("small", 10, &meta), Err(NotStarted::NotAdmitted));
+    assert_eq!(
+        start("no-etag", 64 << 10, &ObjectMeta::default()),
+        Err(NotStarted::NotAdmitted)
+    );
+    assert_eq!(t.metrics.background_fills.get(), 2);
+    assert_eq!(t.metrics.background_fills_skipped.get(), 1);
+    // The bucket is unreachable: both fills fail, and free their keys and slots.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t.background.running() > 0 {
+        assert!(std::time::Instant::now() < deadline, "fills still running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(t.metrics.admission_failures.get(), 2);
+    put(&t, "k3", &data(4_096, 1)).await;
+    assert_eq!(start("k3", 4_096, &meta), Err(NotStarted::Held));
+    assert_eq!(start("k4", 64 << 10, &meta), Ok(()));
+}

@@ -48,11 +48,24 @@ pub(super) async fn get_object(
             .and_then(|l| u64::try_from(l).ok())
             .unwrap_or(0);
         let meta = tiered::meta_from_get(&resp.output);
+        // A ranged miss (parallel downloads are made of them) admits the whole object in
+        // the background, once per key.
+        if plain
+            && !whole
+            && let Some(size) = resp.output.content_range.as_deref().and_then(total_size)
+        {
+            tier.admit_in_background(&bucket, &key, size, meta.clone());
+        }
         resp.output.body = Some(super::body::blob(
             tier.fill(&bucket, &key, len, meta, body, whole),
         ));
     }
     Ok(resp)
+}
+
+/// The object's size from a `Content-Range` answer (`bytes 0-99/1234`); `None` for `*`.
+fn total_size(content_range: &str) -> Option<u64> {
+    content_range.rsplit_once('/')?.1.trim().parse().ok()
 }
 
 fn no_such_key() -> S3Error {
@@ -301,6 +314,13 @@ pub(super) async fn get_object_attributes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_size_from_content_range() {
+        assert_eq!(total_size("bytes 0-99/1234"), Some(1234));
+        assert_eq!(total_size("bytes 0-99/*"), None);
+        assert_eq!(total_size("garbage"), None);
+    }
 
     #[test]
     fn attribute_lists_are_split() {
