@@ -440,6 +440,25 @@ impl Tier {
         self.wait_clean(bucket, &keys).await
     }
 
+    /// The keys of `bucket` under `prefix` whose newest write the bucket may not have yet (dead
+    /// letters included), each with what a listing shows for it: the object, or `None` for a
+    /// delete. A listing of the bucket taken after this call, with these laid over it, shows
+    /// every write acknowledged before the call.
+    pub fn unpersisted_under(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> std::collections::BTreeMap<String, Option<Arc<CachedObject>>> {
+        self.persister
+            .unpersisted_under(bucket, prefix)
+            .into_iter()
+            .filter_map(|key| match self.index.get(bucket, &key)? {
+                KeyState::Object(o) => Some((key, Some(o))),
+                KeyState::Deleted { .. } => Some((key, None)),
+            })
+            .collect()
+    }
+
     /// Forgets a key before or after the bucket copy is changed by a pass-through operation;
     /// its chunks are freed.
     pub fn invalidate(&self, bucket: &str, key: &str) {

@@ -358,6 +358,17 @@ impl Persister {
             .collect()
     }
 
+    /// Keys of `bucket` starting with `prefix` whose newest write is not in the bucket, dead
+    /// letters included.
+    pub fn unpersisted_under(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        self.lock()
+            .keys
+            .keys()
+            .filter(|(b, k)| b == bucket && k.starts_with(prefix))
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
     /// Waits until none of `keys` of `bucket` waits for the bucket (dead letters do not), at
     /// most `timeout`; whether they are clean.
     pub async fn wait_clean(&self, bucket: &str, keys: &[String], timeout: Duration) -> bool {

@@ -1,4 +1,5 @@
-//! ListObjects (v1, v2) with `encoding-type=url` done by the gateway.
+//! ListObjects (v1, v2) with `encoding-type=url` done by the gateway; with the tier on, paged
+//! by the gateway with the tier's unpersisted writes merged in ([`super::merge`]).
 //!
 //! Backing stores differ: some ignore `encoding-type` and return raw keys (s3s-fs), some
 //! encode. The gateway asks the backing store for raw keys and encodes the listing itself when
@@ -9,6 +10,7 @@ use percent_encoding::utf8_percent_encode;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
 
+use super::merge::{self, Query};
 use super::{S3Handler, proxied};
 
 use crate::backend::KEY_SET;
@@ -56,18 +58,6 @@ fn no_empty_delimiter(d: &mut Option<Delimiter>) {
     }
 }
 
-/// Listings come from the bucket: acknowledged writes under the prefix go there first, so a
-/// listing shows every write acknowledged before it.
-async fn flush_listed(gw: &S3Handler, bucket: &str, prefix: Option<&str>) -> S3Result<()> {
-    match &gw.tier {
-        Some(t) => t
-            .flush_prefix(bucket, prefix.unwrap_or(""))
-            .await
-            .map_err(crate::error::tier_error),
-        None => Ok(()),
-    }
-}
-
 fn encode_objects(contents: &mut Option<Vec<Object>>, prefixes: &mut Option<Vec<CommonPrefix>>) {
     for o in contents.iter_mut().flatten() {
         encode_opt(&mut o.key);
@@ -83,8 +73,34 @@ pub(super) async fn list_objects(
 ) -> S3Result<S3Response<ListObjectsOutput>> {
     let enc = ListEncoding::take(&mut req.input.encoding_type);
     no_empty_delimiter(&mut req.input.delimiter);
-    flush_listed(gw, &req.input.bucket, req.input.prefix.as_deref()).await?;
-    let mut resp = proxied!(gw, list_objects, req, ListObjectsError)?;
+    let mut resp = match &gw.tier {
+        Some(tier) => {
+            let input = &req.input;
+            let q = Query {
+                bucket: input.bucket.clone(),
+                prefix: input.prefix.clone().unwrap_or_default(),
+                delimiter: input.delimiter.clone(),
+                after: input.marker.clone().filter(|m| !m.is_empty()),
+                max_keys: merge::max_keys(input.max_keys)?,
+                fetch_owner: true,
+                expected_bucket_owner: input.expected_bucket_owner.clone(),
+            };
+            let page = merge::list(gw, tier, &q).await?;
+            S3Response::new(ListObjectsOutput {
+                name: Some(q.bucket.clone()),
+                prefix: Some(q.prefix.clone()),
+                delimiter: q.delimiter.clone(),
+                marker: Some(input.marker.clone().unwrap_or_default()),
+                max_keys: Some(i32::try_from(q.max_keys).unwrap_or(1000)),
+                is_truncated: Some(page.truncated),
+                next_marker: page.truncated.then(|| page.last.clone()).flatten(),
+                contents: (!page.contents.is_empty()).then_some(page.contents),
+                common_prefixes: common_prefixes(page.prefixes),
+                ..Default::default()
+            })
+        }
+        None => proxied!(gw, list_objects, req, ListObjectsError)?,
+    };
     let out = &mut resp.output;
     if enc.url() {
         for s in [
@@ -101,14 +117,59 @@ pub(super) async fn list_objects(
     Ok(resp)
 }
 
+fn common_prefixes(prefixes: Vec<String>) -> Option<Vec<CommonPrefix>> {
+    (!prefixes.is_empty()).then(|| {
+        prefixes
+            .into_iter()
+            .map(|p| CommonPrefix { prefix: Some(p) })
+            .collect()
+    })
+}
+
 pub(super) async fn list_objects_v2(
     gw: &S3Handler,
     mut req: S3Request<ListObjectsV2Input>,
 ) -> S3Result<S3Response<ListObjectsV2Output>> {
     let enc = ListEncoding::take(&mut req.input.encoding_type);
     no_empty_delimiter(&mut req.input.delimiter);
-    flush_listed(gw, &req.input.bucket, req.input.prefix.as_deref()).await?;
-    let mut resp = proxied!(gw, list_objects_v2, req, ListObjectsV2Error)?;
+    let mut resp = match &gw.tier {
+        Some(tier) => {
+            let input = &req.input;
+            let after = match input.continuation_token.as_deref() {
+                Some(t) => Some(merge::resume_after(t)?),
+                None => input.start_after.clone().filter(|s| !s.is_empty()),
+            };
+            let q = Query {
+                bucket: input.bucket.clone(),
+                prefix: input.prefix.clone().unwrap_or_default(),
+                delimiter: input.delimiter.clone(),
+                after,
+                max_keys: merge::max_keys(input.max_keys)?,
+                fetch_owner: input.fetch_owner.unwrap_or(false),
+                expected_bucket_owner: input.expected_bucket_owner.clone(),
+            };
+            let page = merge::list(gw, tier, &q).await?;
+            let count = page.contents.len() + page.prefixes.len();
+            S3Response::new(ListObjectsV2Output {
+                name: Some(q.bucket.clone()),
+                prefix: Some(q.prefix.clone()),
+                delimiter: q.delimiter.clone(),
+                max_keys: Some(i32::try_from(q.max_keys).unwrap_or(1000)),
+                key_count: Some(i32::try_from(count).unwrap_or(i32::MAX)),
+                continuation_token: input.continuation_token.clone(),
+                start_after: input.start_after.clone(),
+                is_truncated: Some(page.truncated),
+                next_continuation_token: page
+                    .truncated
+                    .then(|| page.last.as_deref().map(merge::token))
+                    .flatten(),
+                contents: (!page.contents.is_empty()).then_some(page.contents),
+                common_prefixes: common_prefixes(page.prefixes),
+                ..Default::default()
+            })
+        }
+        None => proxied!(gw, list_objects_v2, req, ListObjectsV2Error)?,
+    };
     let out = &mut resp.output;
     if enc.url() {
         for s in [&mut out.prefix, &mut out.delimiter, &mut out.start_after] {

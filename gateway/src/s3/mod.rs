@@ -14,6 +14,7 @@ mod copy;
 mod delete;
 mod get;
 mod list;
+mod merge;
 mod multipart;
 mod put;
 mod tagging;
