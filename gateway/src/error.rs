@@ -135,6 +135,20 @@ pub fn tier_error(e: TierError) -> S3Error {
             S3Error::with_message(S3ErrorCode::IncompleteBody, e.to_string())
         }
         TierError::BadDigest(m) => S3Error::with_message(S3ErrorCode::BadDigest, m),
+        TierError::NoSuchUpload(_) => with_status(
+            S3ErrorCode::NoSuchUpload,
+            StatusCode::NOT_FOUND,
+            e.to_string(),
+        ),
+        TierError::InvalidPart(m) => S3Error::with_message(S3ErrorCode::InvalidPart, m),
+        TierError::InvalidPartOrder => {
+            S3Error::with_message(S3ErrorCode::InvalidPartOrder, e.to_string())
+        }
+        TierError::EntityTooSmall { .. } => {
+            S3Error::with_message(S3ErrorCode::EntityTooSmall, e.to_string())
+        }
+        TierError::MalformedXml(m) => S3Error::with_message(S3ErrorCode::MalformedXML, m),
+        TierError::InvalidArgument(m) => S3Error::with_message(S3ErrorCode::InvalidArgument, m),
         other => {
             tracing::warn!(error = %other, "tier failure");
             S3Error::with_message(S3ErrorCode::InternalError, other.to_string())

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use integration_tests::{
-    ACCESS_KEY, Backend, GatewayProc, SECRET_KEY, payload, rclone_bin, tool_or_skip, unique_bucket,
-    venv,
+    ACCESS_KEY, Backend, GatewayOptions, GatewayProc, SECRET_KEY, free_port, payload, rclone_bin,
+    tool_or_skip, unique_bucket, venv,
 };
 
 fn sha256_file(path: &Path) -> String {
@@ -88,7 +88,18 @@ fn aws_cli_copy_sync_list_remove() {
     let Some(venv) = tool_or_skip(venv(), "the test virtualenv (E2E_VENV) with the aws CLI") else {
         return;
     };
-    let gw = GatewayProc::start("e2e_aws_cli", &Backend::Embedded);
+    let backend_port = free_port();
+    let gw = GatewayProc::start_with(
+        "e2e_aws_cli",
+        &Backend::Embedded,
+        GatewayOptions {
+            env: vec![(
+                "GATEWAY_EMBEDDED_LISTEN".into(),
+                format!("127.0.0.1:{backend_port}"),
+            )],
+            ..Default::default()
+        },
+    );
     let aws = Aws {
         bin: venv.join("bin/aws"),
         endpoint: gw.endpoint.clone(),
@@ -98,7 +109,8 @@ fn aws_cli_copy_sync_list_remove() {
     let bucket = unique_bucket("cli");
     aws.ok(&["s3", "mb", &format!("s3://{bucket}")]);
 
-    // 100 MiB up and down: the CLI uses multipart both ways (8 MiB parts, ranged GETs).
+    // 100 MiB up: the CLI uploads it as a multipart upload of 8 MiB parts, which the gateway
+    // owns and writes back (the bucket gets it afterwards, with the same parts and ETag).
     let big = work.path().join("big.bin");
     std::fs::write(&big, payload(100 << 20, 100)).expect("write");
     aws.ok(&[
@@ -108,6 +120,7 @@ fn aws_cli_copy_sync_list_remove() {
         big.to_str().unwrap(),
         &format!("s3://{bucket}/big/big.bin"),
     ]);
+    assert_eq!(gw.metric("gateway_tier_multipart_completed_total"), 1.0);
     let head = aws.ok(&[
         "s3api",
         "head-object",
@@ -121,45 +134,91 @@ fn aws_cli_copy_sync_list_remove() {
         head.contains("-13\\\"") || head.contains("-13\""),
         "multipart upload ETag expected: {head}"
     );
-    let back = work.path().join("back.bin");
-    aws.ok(&[
-        "s3",
-        "cp",
-        "--only-show-errors",
-        &format!("s3://{bucket}/big/big.bin"),
-        back.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        sha256_file(&big),
-        sha256_file(&back),
-        "100 MiB round trip differs"
-    );
-    // The download was parallel ranged GETs, all misses: the first started one background
-    // admission of the whole object, and the second download comes from function memory.
+    // Once in function memory (placed from the journal in the background), a download (ranged
+    // GETs) comes from memory.
     wait_for_metric(&gw, "gateway_tier_admitted_total", 1.0);
+    let back = work.path().join("back.bin");
+    let download = |what: &str| {
+        let _ = std::fs::remove_file(&back);
+        aws.ok(&[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            &format!("s3://{bucket}/{what}"),
+            back.to_str().unwrap(),
+        ]);
+    };
+    let from_tier = gw.metric("gateway_tier_bytes_from_tier_total");
+    download("big/big.bin");
+    assert_eq!(sha256_file(&big), sha256_file(&back), "100 MiB round trip");
+    assert_eq!(
+        gw.metric("gateway_tier_bytes_from_tier_total") - from_tier,
+        (100 << 20) as f64,
+        "the download comes from function memory"
+    );
+    wait_for_metric(&gw, "gateway_tier_persisted_total", 1.0);
+    let direct = integration_tests::s3_client(
+        &format!("http://127.0.0.1:{backend_port}"),
+        integration_tests::BACKEND_ACCESS_KEY,
+        integration_tests::BACKEND_SECRET_KEY,
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let in_bucket = rt.block_on(async {
+        let h = direct
+            .head_object()
+            .bucket(&bucket)
+            .key("big/big.bin")
+            .send()
+            .await
+            .expect("persisted");
+        // An object the gateway never saw: written to the bucket directly.
+        direct
+            .put_object()
+            .bucket(&bucket)
+            .key("direct.bin")
+            .body(aws_sdk_s3::primitives::ByteStream::from(payload(
+                40 << 20,
+                41,
+            )))
+            .send()
+            .await
+            .expect("direct put");
+        h.e_tag.unwrap_or_default()
+    });
+    assert!(
+        head.contains(in_bucket.trim_matches('"')),
+        "the bucket has the ETag the client got: {in_bucket} vs {head}"
+    );
+
+    // Downloading an object the tier does not hold: parallel ranged GET misses start one
+    // background admission of the whole object, and the next download comes from memory.
+    download("direct.bin");
+    assert!(
+        std::fs::read(&back).unwrap() == payload(40 << 20, 41),
+        "direct.bin differs"
+    );
+    wait_for_metric(&gw, "gateway_tier_admitted_total", 2.0);
     assert_eq!(gw.metric("gateway_tier_background_fills_total"), 1.0);
     let (tier_before, bucket_before) = (
         gw.metric("gateway_tier_bytes_from_tier_total"),
         gw.metric("gateway_tier_bytes_from_bucket_total"),
     );
-    std::fs::remove_file(&back).unwrap();
-    aws.ok(&[
-        "s3",
-        "cp",
-        "--only-show-errors",
-        &format!("s3://{bucket}/big/big.bin"),
-        back.to_str().unwrap(),
-    ]);
-    assert_eq!(sha256_file(&big), sha256_file(&back), "second download");
+    download("direct.bin");
     assert_eq!(
         gw.metric("gateway_tier_bytes_from_tier_total") - tier_before,
-        (100 << 20) as f64,
+        (40 << 20) as f64,
         "the second download comes from function memory"
     );
     assert_eq!(
         gw.metric("gateway_tier_bytes_from_bucket_total"),
         bucket_before
     );
+    aws.ok(&[
+        "s3",
+        "rm",
+        "--only-show-errors",
+        &format!("s3://{bucket}/direct.bin"),
+    ]);
 
     // sync a directory with awkward names, then ls and rm.
     let dir = work.path().join("tree");
@@ -276,21 +335,21 @@ fn boto3_upload_and_download_file() {
         );
     };
     run(&[]);
-    // download_file's parallel ranged GETs missed and admitted the object once; the second
-    // download_file is served from function memory.
+    // upload_file's multipart upload was written back; once the object is in function memory
+    // download_file's ranged GETs are served from it.
+    assert_eq!(gw.metric("gateway_tier_multipart_completed_total"), 1.0);
     wait_for_metric(&gw, "gateway_tier_admitted_total", 1.0);
-    assert_eq!(gw.metric("gateway_tier_background_fills_total"), 1.0);
     let from_tier = gw.metric("gateway_tier_bytes_from_tier_total");
     run(&["again"]);
     assert_eq!(
         gw.metric("gateway_tier_bytes_from_tier_total") - from_tier,
         (40 << 20) as f64,
-        "the second download_file comes from function memory"
+        "download_file comes from function memory"
     );
 }
 
-/// s5cmd 64 MiB up in 8 MiB parts (`cp -p 8`) and down twice: its downloads are parallel
-/// ranged GETs; the first admits the object once, the second comes from function memory.
+/// s5cmd 64 MiB up in 8 MiB parts (`cp -p 8`, written back) and down (parallel ranged GETs,
+/// from function memory).
 #[test]
 fn s5cmd_copy_down_twice_from_memory() {
     let Some(venv) = tool_or_skip(venv(), "the test virtualenv (E2E_VENV) with s5cmd") else {
@@ -320,19 +379,18 @@ fn s5cmd_copy_down_twice_from_memory() {
     s5(&["cp", "-p", "8", "-c", "8", src.to_str().unwrap(), &url]);
     let ls = s5(&["ls", &url]);
     assert!(ls.contains("67108864"), "{ls}");
+    // The upload was written back; once the object is in function memory, the download's
+    // ranged GETs are served from it.
+    assert_eq!(gw.metric("gateway_tier_multipart_completed_total"), 1.0);
+    wait_for_metric(&gw, "gateway_tier_admitted_total", 1.0);
+    let from_tier = gw.metric("gateway_tier_bytes_from_tier_total");
     let dst = work.path().join("dst.bin");
     s5(&["cp", "-p", "8", "-c", "8", &url, dst.to_str().unwrap()]);
-    assert_eq!(sha256_file(&src), sha256_file(&dst), "first download");
-    wait_for_metric(&gw, "gateway_tier_admitted_total", 1.0);
-    assert_eq!(gw.metric("gateway_tier_background_fills_total"), 1.0);
-    let from_tier = gw.metric("gateway_tier_bytes_from_tier_total");
-    std::fs::remove_file(&dst).unwrap();
-    s5(&["cp", "-p", "8", "-c", "8", &url, dst.to_str().unwrap()]);
-    assert_eq!(sha256_file(&src), sha256_file(&dst), "second download");
+    assert_eq!(sha256_file(&src), sha256_file(&dst), "download");
     assert_eq!(
         gw.metric("gateway_tier_bytes_from_tier_total") - from_tier,
         (64 << 20) as f64,
-        "the second download comes from function memory"
+        "the download comes from function memory"
     );
     s5(&["rm", &url]);
     s5(&["rb", &format!("s3://{bucket}")]);

@@ -62,6 +62,13 @@ pub struct TierConfig {
     /// ranged miss past this is served from the bucket and not admitted. 0 turns them off.
     /// Default 4.
     pub background_fills: usize,
+    /// Multipart uploads written back that are not completed within this long are aborted.
+    /// Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub multipart_expiry: Duration,
+    /// Most multipart uploads written back open at once; past it a new upload is passed to the
+    /// bucket. Default 1000.
+    pub max_multipart_uploads: usize,
     /// Longest delay between two attempts to persist a write (the delay doubles from 0.5 s).
     /// Default `30s`.
     #[serde(with = "humantime_serde")]
@@ -85,6 +92,8 @@ impl Default for TierConfig {
             chunk_timeout: Duration::from_secs(5),
             recovery_parallelism: 20,
             background_fills: 4,
+            multipart_expiry: Duration::from_secs(24 * 3600),
+            max_multipart_uploads: 1000,
             persist_retry_max: crate::persist::RETRY_MAX,
         }
     }

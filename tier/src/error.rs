@@ -102,6 +102,34 @@ pub enum TierError {
     /// A chunk operation failed.
     #[error(transparent)]
     Chunk(#[from] ChunkError),
+    /// No open multipart upload of that id (for that key): never created, completed, aborted
+    /// or expired.
+    #[error(
+        "The specified multipart upload does not exist ({0}): it may have been aborted or completed"
+    )]
+    NoSuchUpload(String),
+    /// A part named by a completion was not uploaded, or does not match (the client's fault).
+    #[error("{0}")]
+    InvalidPart(String),
+    /// A completion's parts are not in ascending order (the client's fault).
+    #[error("The list of parts was not in ascending order. Parts must be ordered by part number.")]
+    InvalidPartOrder,
+    /// A part other than the last is smaller than S3's minimum (the client's fault).
+    #[error(
+        "Your proposed upload is smaller than the minimum allowed size: part {part} has {size} bytes, parts but the last need at least 5 MiB"
+    )]
+    EntityTooSmall {
+        /// Part number.
+        part: u32,
+        /// Its size.
+        size: u64,
+    },
+    /// A completion names no part (the client's fault).
+    #[error("{0}")]
+    MalformedXml(String),
+    /// An argument out of range (the client's fault).
+    #[error("{0}")]
+    InvalidArgument(String),
 }
 
 impl From<JournalError> for TierError {

@@ -96,13 +96,52 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     }
 }
 
-/// What a record says.
+/// What a record says. (New kinds go at the end: records on disk name theirs by index.)
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum RecordKind {
     /// An object: the data precedes the header.
     Put,
     /// A deletion of the key.
     Delete,
+    /// A multipart upload the gateway owns was created: no data; `meta` is the object's.
+    Upload {
+        /// Upload id.
+        id: String,
+    },
+    /// One part of upload `id`: the data is the part; `meta.etag` is its MD5 (hex) and
+    /// `meta.checksums` the checksums the client sent with it.
+    Part {
+        /// Upload id.
+        id: String,
+        /// Part number.
+        number: u32,
+    },
+    /// The object completed from upload `id`: no data of its own, its bytes are those of
+    /// `parts` (part records), in order; `size` is their sum. Removing it removes them, and
+    /// the upload's record `upload_seq`.
+    Assembled {
+        /// Upload id.
+        id: String,
+        /// The upload's record.
+        upload_seq: u64,
+        /// The parts, in order.
+        parts: Vec<AssembledPart>,
+    },
+}
+
+/// A part of an assembled object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AssembledPart {
+    /// Part number.
+    pub number: u32,
+    /// Its record.
+    pub seq: u64,
+    /// Bytes.
+    pub size: u64,
+    /// MD5 (hex).
+    pub etag: String,
+    /// Checksums the client sent with it, by algorithm (base64).
+    pub checksums: std::collections::BTreeMap<String, String>,
 }
 
 /// The header of a record.
@@ -122,6 +161,38 @@ pub struct RecordHeader {
     pub meta: ObjectMeta,
 }
 
+impl RecordHeader {
+    /// Bytes of data in the record's own file (an assembled object's are in its parts').
+    pub fn data_len(&self) -> u64 {
+        match self.kind {
+            RecordKind::Put | RecordKind::Part { .. } => self.size,
+            RecordKind::Delete | RecordKind::Upload { .. } | RecordKind::Assembled { .. } => 0,
+        }
+    }
+}
+
+/// Where an assembled record's bytes are: its parts' records and sizes, and the upload's
+/// record.
+#[derive(Debug, Clone)]
+struct Assembly {
+    parts: Vec<(u64, u64)>,
+    upload_seq: u64,
+}
+
+impl Assembly {
+    fn of(h: &RecordHeader) -> Option<Self> {
+        match &h.kind {
+            RecordKind::Assembled {
+                upload_seq, parts, ..
+            } => Some(Self {
+                parts: parts.iter().map(|p| (p.seq, p.size)).collect(),
+                upload_seq: *upload_seq,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The journal directory.
 pub struct Journal {
     dir: PathBuf,
@@ -129,6 +200,8 @@ pub struct Journal {
     next_tmp: AtomicU64,
     capacity: u64,
     space: Arc<Semaphore>,
+    /// Assembled records (by seq): where their bytes are.
+    assembled: std::sync::Mutex<std::collections::HashMap<u64, Assembly>>,
 }
 
 /// Space reserved for one record, returned when the record is released.
@@ -142,6 +215,25 @@ impl Reservation {
     /// Bytes reserved.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Nothing reserved (a record without data).
+    pub fn none() -> Self {
+        Self {
+            permit: None,
+            bytes: 0,
+        }
+    }
+
+    /// Takes over `other`'s space.
+    pub fn merge(&mut self, mut other: Reservation) {
+        if let Some(p) = other.permit.take() {
+            match &mut self.permit {
+                Some(mine) => mine.merge(p),
+                None => self.permit = Some(p),
+            }
+        }
+        self.bytes += other.bytes;
     }
 }
 
@@ -192,7 +284,7 @@ impl Journal {
             }
         }
         records.sort_by_key(|h| h.seq);
-        let total_units: u64 = records.iter().map(|h| u64::from(units(h.size))).sum();
+        let total_units: u64 = records.iter().map(|h| u64::from(units(h.data_len()))).sum();
         let cap_units = u64::from(units(capacity));
         if total_units > cap_units {
             tracing::warn!(
@@ -209,7 +301,7 @@ impl Journal {
         for h in records {
             let permit = space
                 .clone()
-                .try_acquire_many_owned(units(h.size))
+                .try_acquire_many_owned(units(h.data_len()))
                 .map_err(|_| JournalError::Corrupt {
                     path: dir.to_owned(),
                     reason: "journal space accounting".into(),
@@ -218,7 +310,7 @@ impl Journal {
             replayed.push(Replayed {
                 space: Reservation {
                     permit: Some(permit),
-                    bytes: h.size,
+                    bytes: h.data_len(),
                 },
                 header: h,
                 dead,
@@ -228,12 +320,17 @@ impl Journal {
             tokio::fs::remove_file(&path).await.map_err(io(&path))?;
         }
         let next = replayed.last().map_or(1, |r| r.header.seq + 1);
+        let assembled = replayed
+            .iter()
+            .filter_map(|r| Some((r.header.seq, Assembly::of(&r.header)?)))
+            .collect();
         let journal = Self {
             dir: dir.to_owned(),
             next_seq: AtomicU64::new(next),
             next_tmp: AtomicU64::new(1),
             capacity,
             space,
+            assembled: std::sync::Mutex::new(assembled),
         };
         sync_dir(dir).await?;
         Ok((journal, replayed))
@@ -332,11 +429,24 @@ impl Journal {
         w.commit(self, header).await
     }
 
+    fn assemblies(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Assembly>> {
+        self.assembled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Removes record `seq` (and its dead-letter mark) durably, after the bucket confirmed it
-    /// or when it is superseded or discarded.
+    /// or when it is superseded or discarded; an assembled record takes its parts' records and
+    /// its upload's record with it.
     pub async fn remove(&self, seq: u64) -> Result<(), JournalError> {
+        let assembly = self.assemblies().get(&seq).cloned();
+        let mut paths = vec![self.path(seq), self.dead_path(seq)];
+        if let Some(a) = &assembly {
+            paths.extend(a.parts.iter().map(|(s, _)| self.path(*s)));
+            paths.push(self.path(a.upload_seq));
+        }
         let mut removed = false;
-        for path in [self.path(seq), self.dead_path(seq)] {
+        for path in paths {
             match tokio::fs::remove_file(&path).await {
                 Ok(()) => removed = true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -346,7 +456,54 @@ impl Journal {
         if removed {
             sync_dir(&self.dir).await?;
         }
+        if assembly.is_some() {
+            self.assemblies().remove(&seq);
+        }
         Ok(())
+    }
+
+    /// `len` bytes at `offset` of record `seq`'s object (an assembled record's from its
+    /// parts).
+    pub async fn read_at(
+        &self,
+        seq: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes, JournalError> {
+        let spans: Vec<(u64, u64, u64)> = match self.assemblies().get(&seq) {
+            // (record, offset in it, length)
+            Some(a) => {
+                let mut out = Vec::new();
+                let (mut start, end) = (offset, offset + len);
+                let mut base = 0u64;
+                for &(part, size) in &a.parts {
+                    let (lo, hi) = (base, base + size);
+                    if start < hi && start < end {
+                        let take = hi.min(end) - start;
+                        out.push((part, start - lo, take));
+                        start += take;
+                    }
+                    base = hi;
+                }
+                out
+            }
+            None => vec![(seq, offset, len)],
+        };
+        let mut buf = bytes::BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+        for (rec, off, n) in spans {
+            let mut f = self.open_data(rec, off).await?;
+            let at = buf.len();
+            buf.resize(at + usize::try_from(n).unwrap_or(0), 0);
+            let path = self.path(rec);
+            f.read_exact(&mut buf[at..]).await.map_err(io(&path))?;
+        }
+        if buf.len() as u64 != len {
+            return Err(JournalError::Corrupt {
+                path: self.path(seq),
+                reason: format!("{} bytes at {offset} asked, {} held", len, buf.len()),
+            });
+        }
+        Ok(buf.freeze())
     }
 
     /// Marks record `seq` a dead letter, durably, with the bucket's refusal.
@@ -413,17 +570,20 @@ impl RecordWriter {
         let r = self.finish(&journal.path(header.seq), header).await;
         if r.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
+        } else if let Some(a) = Assembly::of(header) {
+            journal.assemblies().insert(header.seq, a);
         }
         r
     }
 
     async fn finish(mut self, dest: &Path, header: &RecordHeader) -> Result<(), JournalError> {
-        if header.size != self.written {
+        if header.data_len() != self.written {
             return Err(JournalError::Corrupt {
                 path: self.tmp.clone(),
                 reason: format!(
                     "header says {} bytes, {} written",
-                    header.size, self.written
+                    header.data_len(),
+                    self.written
                 ),
             });
         }
@@ -504,7 +664,7 @@ pub async fn read_header(path: &Path) -> Result<RecordHeader, JournalError> {
     }
     let header: RecordHeader =
         postcard::from_bytes(&hbytes).map_err(|e| corrupt(format!("header: {e}")))?;
-    if header.size + u64::from(hlen) + FOOTER_LEN != len {
+    if header.data_len() + u64::from(hlen) + FOOTER_LEN != len {
         return Err(corrupt(format!(
             "file length {len} does not match the header"
         )));

@@ -30,6 +30,7 @@ mod journal;
 mod manager;
 mod meta;
 mod metrics;
+mod multipart;
 mod order;
 mod persist;
 mod pool;
@@ -65,6 +66,7 @@ pub use self::error::{BackendError, BackendFailure, BoxError, TierError};
 pub use self::index::{CachedObject, FunctionId, KeyState};
 pub use self::journal::JournalError;
 pub use self::meta::ObjectMeta;
+pub use self::multipart::{CompletedPartRef, PartInfo, UploadInfo};
 pub use self::persist::DeadLetter;
 pub use self::read::Range;
 pub use self::start::{Running, start};
@@ -158,6 +160,7 @@ pub struct Tier {
     buckets: Arc<Mutex<HashSet<String>>>,
     locks: Arc<KeyLocks>,
     background: background::BackgroundFills,
+    uploads: multipart::Uploads,
 }
 
 /// A write passed straight to the bucket, holding its key's commit lock (see [`order`]):
@@ -224,10 +227,18 @@ impl Tier {
             on_refused,
             metrics.clone(),
         );
+        // Open multipart uploads and their parts go to the tier's uploads; parts nothing
+        // names are removed.
+        let mut replay = multipart::split_replay(replay);
+        for seq in std::mem::take(&mut replay.orphans) {
+            journal.remove(seq).await?;
+        }
+        let uploads = multipart::Uploads::default();
+        uploads.restore(&mut replay);
         // Only a key's newest record matters; older ones were superseded before the restart.
         let mut newest: std::collections::HashMap<(String, String), journal::Replayed> =
             std::collections::HashMap::new();
-        for r in replay {
+        for r in replay.writes {
             let path = (r.header.bucket.clone(), r.header.key.clone());
             if let Some(old) = newest.insert(path, r) {
                 journal.remove(old.header.seq).await?;
@@ -244,14 +255,14 @@ impl Tier {
         {
             buckets.insert(h.bucket.clone());
             let state = match h.kind {
-                RecordKind::Put => KeyState::Object(Arc::new(CachedObject {
+                RecordKind::Delete => KeyState::Deleted { seq: h.seq },
+                _ => KeyState::Object(Arc::new(CachedObject {
                     id: rand::random(),
                     size: h.size,
                     meta: h.meta.clone(),
                     layout: None,
                     journal_seq: Some(h.seq),
                 })),
-                RecordKind::Delete => KeyState::Deleted { seq: h.seq },
             };
             let _ = index.write(&h.bucket, &h.key, h.seq, state);
             persister.replay(h, space, dead);
@@ -277,7 +288,12 @@ impl Tier {
             buckets: known_buckets,
             locks: Arc::new(KeyLocks::default()),
             background: background::BackgroundFills::new(cfg.background_fills),
+            uploads,
         });
+        tier.metrics
+            .multipart_uploads
+            .set(tier.uploads.len() as i64);
+        tier.expire_uploads();
         let weak = Arc::downgrade(&tier);
         tokio::spawn(async move {
             loop {

@@ -32,6 +32,10 @@ pub struct TierMetrics {
     pub background_fills: Counter,
     /// Ranged GET misses not admitted because `background_fills` were already running.
     pub background_fills_skipped: Counter,
+    /// Multipart uploads written back, open (created, not completed or aborted).
+    pub multipart_uploads: Gauge,
+    /// Multipart uploads written back and completed (acknowledged without the bucket).
+    pub multipart_completed: Counter,
     /// Bytes acknowledged but not yet in the bucket.
     pub dirty_bytes: Gauge,
     /// Keys with writes not yet in the bucket.
@@ -106,6 +110,16 @@ impl TierMetrics {
             "background_fills_skipped",
             "Ranged GET misses not admitted because the background fills were all busy",
             m.background_fills_skipped.clone(),
+        );
+        r.register(
+            "multipart_uploads",
+            "Multipart uploads written back by the gateway, open",
+            m.multipart_uploads.clone(),
+        );
+        r.register(
+            "multipart_completed",
+            "Multipart uploads written back by the gateway and completed",
+            m.multipart_completed.clone(),
         );
         r.register(
             "dirty_bytes",

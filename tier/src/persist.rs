@@ -28,7 +28,6 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use base64::Engine as _;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, error, info, warn};
 
@@ -75,6 +74,14 @@ where
     } else {
         Failure::Transient(be.to_string())
     }
+}
+
+/// One part of a persisted multipart upload: bytes `offset..offset+len` of the record, and
+/// the checksums the client sent with it.
+struct PartSpan {
+    offset: u64,
+    len: u64,
+    checksums: BTreeMap<String, String>,
 }
 
 /// A record the bucket refused, as the admin API lists it.
@@ -581,8 +588,9 @@ impl Persister {
                     key: r.header.key.clone(),
                     seq: r.header.seq,
                     kind: match r.header.kind {
-                        RecordKind::Put => "put",
                         RecordKind::Delete => "delete",
+                        RecordKind::Assembled { .. } => "multipart",
+                        _ => "put",
                     },
                     size: r.header.size,
                     error: why.clone(),
@@ -714,22 +722,51 @@ impl Persister {
                 .map(|_| ())
                 .map_err(|e| classify(&e)),
             RecordKind::Put if h.size <= h.meta.part_size.max(1) => self.put_single(h, &key).await,
-            RecordKind::Put => self.put_multipart(h, &key).await,
+            RecordKind::Put => {
+                let mut parts = Vec::new();
+                let mut offset = 0u64;
+                while offset < h.size {
+                    let len = h.meta.part_size.min(h.size - offset);
+                    parts.push(PartSpan {
+                        offset,
+                        len,
+                        checksums: BTreeMap::new(),
+                    });
+                    offset += len;
+                }
+                self.put_multipart(h, &key, &parts, None).await
+            }
+            // A completed multipart upload goes to the bucket with the client's part
+            // boundaries and checksums, so the bucket's ETag is the one the client got.
+            RecordKind::Assembled { ref parts, .. } => {
+                let mut spans = Vec::new();
+                let mut offset = 0u64;
+                for p in parts {
+                    spans.push(PartSpan {
+                        offset,
+                        len: p.size,
+                        checksums: p.checksums.clone(),
+                    });
+                    offset += p.size;
+                }
+                let algorithm = parts
+                    .first()
+                    .and_then(|p| p.checksums.keys().next().cloned())
+                    .filter(|a| parts.iter().all(|p| p.checksums.contains_key(a)));
+                self.put_multipart(h, &key, &spans, algorithm.as_deref())
+                    .await
+            }
+            // Not key writes: never given to the persister.
+            RecordKind::Upload { .. } | RecordKind::Part { .. } => Ok(()),
         }
     }
 
     async fn read_range(&self, seq: u64, offset: u64, len: u64) -> Result<Vec<u8>, Failure> {
-        let mut f = self
-            .journal
-            .open_data(seq, offset)
+        self.journal
+            .read_at(seq, offset, len)
             .await
-            .map_err(|e| Failure::Transient(e.to_string()))?;
-        let len = usize::try_from(len).map_err(|e| Failure::Transient(e.to_string()))?;
-        let mut buf = vec![0u8; len];
-        f.read_exact(&mut buf)
-            .await
-            .map_err(|e| Failure::Transient(format!("reading journal record {seq}: {e}")))?;
-        Ok(buf)
+            .map(|b| b.to_vec())
+            .map_err(|e| Failure::Transient(format!("reading journal record {seq}: {e}")))
     }
 
     async fn put_single(&self, h: &RecordHeader, key: &str) -> Result<(), Failure> {
@@ -766,13 +803,20 @@ impl Persister {
             .map_err(|e| classify(&e))
     }
 
-    async fn put_multipart(&self, h: &RecordHeader, key: &str) -> Result<(), Failure> {
+    async fn put_multipart(
+        &self,
+        h: &RecordHeader,
+        key: &str,
+        spans: &[PartSpan],
+        checksum_algorithm: Option<&str>,
+    ) -> Result<(), Failure> {
         let m = &h.meta;
         let created = self
             .client
             .create_multipart_upload()
             .bucket(&h.bucket)
             .key(key)
+            .set_checksum_algorithm(checksum_algorithm.map(Into::into))
             .set_content_type(m.content_type.clone())
             .set_content_encoding(m.content_encoding.clone())
             .set_content_disposition(m.content_disposition.clone())
@@ -794,11 +838,14 @@ impl Persister {
             .to_owned();
         let result = async {
             let mut parts = Vec::new();
-            let mut offset = 0u64;
-            let mut n = 1i32;
-            while offset < h.size {
-                let len = m.part_size.min(h.size - offset);
+            for (n, span) in (1i32..).zip(spans) {
+                let (offset, len) = (span.offset, span.len);
                 let data = self.read_range(h.seq, offset, len).await?;
+                let sum = |alg: &str| {
+                    checksum_algorithm
+                        .filter(|a| *a == alg)
+                        .and_then(|a| span.checksums.get(a).cloned())
+                };
                 let r = self
                     .client
                     .upload_part()
@@ -808,6 +855,11 @@ impl Persister {
                     .part_number(n)
                     .content_length(i64::try_from(len).unwrap_or(i64::MAX))
                     .content_md5(content_md5(&data))
+                    .set_checksum_crc32(sum("CRC32"))
+                    .set_checksum_crc32_c(sum("CRC32C"))
+                    .set_checksum_crc64_nvme(sum("CRC64NVME"))
+                    .set_checksum_sha1(sum("SHA1"))
+                    .set_checksum_sha256(sum("SHA256"))
                     .body(ByteStream::from(data))
                     .customize()
                     .config_override(self.limits(len))
@@ -818,10 +870,13 @@ impl Persister {
                     CompletedPart::builder()
                         .part_number(n)
                         .set_e_tag(r.e_tag().map(str::to_owned))
+                        .set_checksum_crc32(sum("CRC32"))
+                        .set_checksum_crc32_c(sum("CRC32C"))
+                        .set_checksum_crc64_nvme(sum("CRC64NVME"))
+                        .set_checksum_sha1(sum("SHA1"))
+                        .set_checksum_sha256(sum("SHA256"))
                         .build(),
                 );
-                offset += len;
-                n += 1;
             }
             self.client
                 .complete_multipart_upload()

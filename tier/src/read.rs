@@ -8,7 +8,6 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::Tier;
@@ -207,25 +206,17 @@ impl Tier {
         len: u64,
     ) -> Result<Bytes, TierError> {
         if let Some(seq) = obj.journal_seq {
-            let mut f = match self.journal.open_data(seq, off).await {
-                Ok(f) => f,
+            return match self.journal.read_at(seq, off, len).await {
+                Ok(data) => Ok(data),
                 // Persisted while this read went on: the record left the journal because the
                 // bucket has the object now.
                 Err(super::journal::JournalError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    return self.bucket_range(bucket, key, obj, off, len).await;
+                    self.bucket_range(bucket, key, obj, off, len).await
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => Err(e.into()),
             };
-            let mut buf = BytesMut::zeroed(usize::try_from(len).unwrap_or(0));
-            f.read_exact(&mut buf).await.map_err(|source| {
-                TierError::Journal(super::journal::JournalError::Io {
-                    path: self.journal.path(seq),
-                    source,
-                })
-            })?;
-            return Ok(buf.freeze());
         }
         self.bucket_range(bucket, key, obj, off, len).await
     }
@@ -447,7 +438,13 @@ impl Tier {
         }
     }
 
-    async fn place_piece(&self, id: u128, layout: &Layout, index: usize, piece: Bytes) -> bool {
+    pub(crate) async fn place_piece(
+        &self,
+        id: u128,
+        layout: &Layout,
+        index: usize,
+        piece: Bytes,
+    ) -> bool {
         let Some(fs) = layout.functions.get(index) else {
             return false;
         };

@@ -50,7 +50,7 @@ pub const PIECES_IN_FLIGHT: usize = 4;
 /// large length holds no more than this until its bytes arrive.
 pub const RESERVE_STEP: u64 = 8 << 20;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

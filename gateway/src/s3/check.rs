@@ -6,7 +6,7 @@ use base64::Engine as _;
 use http::HeaderMap;
 use s3s::checksum::ChecksumHasher;
 use s3s::crypto::Checksum as _;
-use s3s::dto::{Checksum, PutObjectInput};
+use s3s::dto::{Checksum, PutObjectInput, UploadPartInput};
 use s3s::{S3Error, S3ErrorCode, TrailingHeaders};
 
 /// The algorithms S3 checksums with, and their header names.
@@ -45,9 +45,61 @@ impl BodyCheck {
         headers: &HeaderMap,
         trailers: Option<TrailingHeaders>,
     ) -> Self {
+        let declared = Checksum {
+            checksum_crc32: input.checksum_crc32.clone(),
+            checksum_crc32c: input.checksum_crc32c.clone(),
+            checksum_crc64nvme: input.checksum_crc64nvme.clone(),
+            checksum_sha1: input.checksum_sha1.clone(),
+            checksum_sha256: input.checksum_sha256.clone(),
+            ..Default::default()
+        };
+        Self::new(
+            input.checksum_algorithm.as_ref().map(|a| a.as_str()),
+            declared,
+            input.content_md5.clone(),
+            headers,
+            trailers,
+        )
+    }
+
+    /// From an UploadPart request, as [`BodyCheck::for_put`].
+    pub fn for_part(
+        input: &UploadPartInput,
+        headers: &HeaderMap,
+        trailers: Option<TrailingHeaders>,
+    ) -> Self {
+        let declared = Checksum {
+            checksum_crc32: input.checksum_crc32.clone(),
+            checksum_crc32c: input.checksum_crc32c.clone(),
+            checksum_crc64nvme: input.checksum_crc64nvme.clone(),
+            checksum_sha1: input.checksum_sha1.clone(),
+            checksum_sha256: input.checksum_sha256.clone(),
+            ..Default::default()
+        };
+        Self::new(
+            input.checksum_algorithm.as_ref().map(|a| a.as_str()),
+            declared,
+            input.content_md5.clone(),
+            headers,
+            trailers,
+        )
+    }
+
+    /// Checks nothing (a body the gateway read itself).
+    pub fn none() -> Self {
+        Self::new(None, Checksum::default(), None, &HeaderMap::new(), None)
+    }
+
+    fn new(
+        algorithm: Option<&str>,
+        declared: Checksum,
+        content_md5: Option<String>,
+        headers: &HeaderMap,
+        trailers: Option<TrailingHeaders>,
+    ) -> Self {
         let mut hasher = ChecksumHasher::default();
-        if let Some(a) = &input.checksum_algorithm {
-            enable(&mut hasher, a.as_str());
+        if let Some(a) = algorithm {
+            enable(&mut hasher, a);
         }
         if let Some(t) = headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()) {
             for name in t.split(',').map(str::trim) {
@@ -59,14 +111,6 @@ impl BodyCheck {
                 }
             }
         }
-        let declared = Checksum {
-            checksum_crc32: input.checksum_crc32.clone(),
-            checksum_crc32c: input.checksum_crc32c.clone(),
-            checksum_crc64nvme: input.checksum_crc64nvme.clone(),
-            checksum_sha1: input.checksum_sha1.clone(),
-            checksum_sha256: input.checksum_sha256.clone(),
-            ..Default::default()
-        };
         for (alg, present) in [
             ("CRC32", declared.checksum_crc32.is_some()),
             ("CRC32C", declared.checksum_crc32c.is_some()),
@@ -80,7 +124,7 @@ impl BodyCheck {
         }
         Self {
             hasher,
-            content_md5: input.content_md5.clone(),
+            content_md5,
             declared,
             trailers,
         }

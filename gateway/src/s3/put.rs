@@ -81,7 +81,7 @@ pub(super) async fn put_object(
 /// cannot hold) is refused now with the bucket's error; a key not every store takes is passed
 /// through (`false`), so the bucket answers for it.
 async fn bucket_takes(gw: &S3Handler, input: &PutObjectInput) -> S3Result<bool> {
-    tiered::check_put_limits(input)?;
+    tiered::check_limits(input.metadata.as_ref(), input.tagging.as_ref())?;
     match gw.keys.check(&input.bucket, &input.key).await {
         crate::backend::KeyFit::Holds => Ok(true),
         crate::backend::KeyFit::Unsure => Ok(false),

@@ -22,40 +22,56 @@ pub fn timestamp_ms(ms: u64) -> Timestamp {
         .unwrap_or_else(|_| Timestamp::from(time::OffsetDateTime::UNIX_EPOCH))
 }
 
-/// Whether a PutObject can be written back by the tier: options that change how the bucket
-/// stores the object (customer keys, KMS, object lock, ACL grants) or make the write
-/// conditional go straight to the bucket instead.
+/// Whether a PutObject or CreateMultipartUpload input (same field names) can be written back
+/// by the tier: options that change how the bucket stores the object (customer keys, KMS,
+/// object lock, ACL grants) go straight to the bucket instead.
+macro_rules! storage_options_supported {
+    ($input:expr) => {{
+        let input = $input;
+        input.sse_customer_algorithm.is_none()
+            && input.sse_customer_key.is_none()
+            && input.ssekms_key_id.is_none()
+            && input.ssekms_encryption_context.is_none()
+            && input
+                .server_side_encryption
+                .as_ref()
+                .is_none_or(|s| s.as_str() == ServerSideEncryption::AES256)
+            && input.object_lock_mode.is_none()
+            && input.object_lock_retain_until_date.is_none()
+            && input.object_lock_legal_hold_status.is_none()
+            && input.acl.is_none()
+            && input.grant_full_control.is_none()
+            && input.grant_read.is_none()
+            && input.grant_read_acp.is_none()
+            && input.grant_write_acp.is_none()
+    }};
+}
+
+/// Whether a PutObject can be written back by the tier: storage options it does not replay
+/// ([`storage_options_supported`]) or a conditional write go straight to the bucket instead.
 pub fn write_back_supported(input: &PutObjectInput) -> bool {
-    input.sse_customer_algorithm.is_none()
-        && input.sse_customer_key.is_none()
-        && input.ssekms_key_id.is_none()
-        && input.ssekms_encryption_context.is_none()
-        && input
-            .server_side_encryption
-            .as_ref()
-            .is_none_or(|s| s.as_str() == ServerSideEncryption::AES256)
-        && input.object_lock_mode.is_none()
-        && input.object_lock_retain_until_date.is_none()
-        && input.object_lock_legal_hold_status.is_none()
-        && input.acl.is_none()
-        && input.grant_full_control.is_none()
-        && input.grant_read.is_none()
-        && input.grant_read_acp.is_none()
-        && input.grant_write_acp.is_none()
+    storage_options_supported!(input)
         && input.if_match.is_none()
         && input.if_none_match.is_none()
         && input.write_offset_bytes.is_none()
 }
 
+/// Whether a multipart upload can be written back (as for a PUT).
+pub fn upload_supported(input: &CreateMultipartUploadInput) -> bool {
+    storage_options_supported!(input)
+}
+
 /// Most bytes of user metadata (keys and values, UTF-8) S3 takes on an object.
 pub const MAX_USER_METADATA: usize = 2048;
 
-/// Refuses, as S3 would, a PUT whose user metadata or tags S3 does not take (checked before a
-/// write-back is acknowledged, since the bucket sees it only later).
-pub fn check_put_limits(input: &PutObjectInput) -> s3s::S3Result<()> {
-    let meta: usize = input
-        .metadata
-        .iter()
+/// Refuses, as S3 would, a PUT or CreateMultipartUpload whose user metadata or tags S3 does
+/// not take (checked before a write-back is acknowledged, since the bucket sees it only later).
+pub fn check_limits(
+    metadata: Option<&Metadata>,
+    tagging: Option<&TaggingHeader>,
+) -> s3s::S3Result<()> {
+    let meta: usize = metadata
+        .into_iter()
         .flatten()
         .map(|(k, v)| k.len() + v.len())
         .sum();
@@ -65,32 +81,45 @@ pub fn check_put_limits(input: &PutObjectInput) -> s3s::S3Result<()> {
             "user metadata is {meta} bytes; S3 takes at most {MAX_USER_METADATA}"
         ));
     }
-    if let Some(t) = &input.tagging {
+    if let Some(t) = tagging {
         crate::embedded::parse_tagging_header(t)?;
     }
     Ok(())
 }
 
+/// The metadata a PutObject or CreateMultipartUpload input (same field names) stores.
+macro_rules! meta_from_input {
+    ($input:expr, $content_encoding:expr) => {{
+        let input = $input;
+        ObjectMeta {
+            content_type: input.content_type.clone(),
+            content_encoding: $content_encoding,
+            content_disposition: input.content_disposition.clone(),
+            content_language: input.content_language.clone(),
+            cache_control: input.cache_control.clone(),
+            expires: input.expires.as_ref().and_then(fmt_http_date),
+            website_redirect_location: input.website_redirect_location.clone(),
+            metadata: input
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            tagging: input.tagging.clone(),
+            storage_class: input.storage_class.as_ref().map(|s| s.as_str().to_owned()),
+            ..Default::default()
+        }
+    }};
+}
+
 /// The metadata a PUT stores (ETag and time are filled in by the tier).
 pub fn meta_from_put(input: &PutObjectInput, content_encoding: Option<String>) -> ObjectMeta {
-    ObjectMeta {
-        content_type: input.content_type.clone(),
-        content_encoding,
-        content_disposition: input.content_disposition.clone(),
-        content_language: input.content_language.clone(),
-        cache_control: input.cache_control.clone(),
-        expires: input.expires.as_ref().and_then(fmt_http_date),
-        website_redirect_location: input.website_redirect_location.clone(),
-        metadata: input
-            .metadata
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        tagging: input.tagging.clone(),
-        storage_class: input.storage_class.as_ref().map(|s| s.as_str().to_owned()),
-        ..Default::default()
-    }
+    meta_from_input!(input, content_encoding)
+}
+
+/// The metadata a multipart upload's object is stored with.
+pub fn meta_from_create(input: &CreateMultipartUploadInput) -> ObjectMeta {
+    meta_from_input!(input, input.content_encoding.clone())
 }
 
 /// The metadata of an object read from the bucket.
