@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use integration_tests::{
-    ACCESS_KEY, Backend, GatewayOptions, GatewayProc, SECRET_KEY, free_port, payload, rclone_bin,
-    tool_or_skip, unique_bucket, venv,
+    ACCESS_KEY, Backend, GatewayOptions, GatewayProc, SECRET_KEY, Seaweed, free_port, payload,
+    rclone_bin, small_tier_config, tool_or_skip, unique_bucket, venv, weed_bin,
 };
 
 fn sha256_file(path: &Path) -> String {
@@ -515,4 +515,130 @@ fn rclone_copy_check_server_side_copy_sync_delete() {
     rclone.ok(&["purge", &format!("gw:{bucket}")]);
     let buckets = rclone.ok(&["lsd", "gw:"]);
     assert!(!buckets.contains(&bucket), "{buckets}");
+}
+
+/// `aws s3 cp` of 64 MiB (a multipart upload) with the bucket hung (SeaweedFS stopped with
+/// SIGSTOP, not killed): acknowledged from the journal, downloadable through the gateway;
+/// once the bucket is back it holds the object byte-exact with the ETag the client got.
+#[test]
+fn aws_cli_upload_is_acknowledged_with_the_bucket_hung() {
+    let Some(venv) = tool_or_skip(venv(), "the test virtualenv (E2E_VENV) with the aws CLI") else {
+        return;
+    };
+    if tool_or_skip(weed_bin(), "SeaweedFS `weed`").is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let weed = rt.block_on(Seaweed::start("e2e_hung"));
+    let data_dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProc::start_with(
+        "e2e_hung",
+        &Backend::External(weed.s3_url.clone()),
+        GatewayOptions {
+            data_dir: Some(data_dir.path().to_owned()),
+            config: Some(small_tier_config(
+                "256KiB",
+                "persist_retry_max = \"1s\"",
+                "",
+            )),
+            ..Default::default()
+        },
+    );
+    let aws = Aws {
+        bin: venv.join("bin/aws"),
+        endpoint: gw.endpoint.clone(),
+        logs: gw.logs.clone(),
+    };
+    let bucket = unique_bucket("hung");
+    aws.ok(&["s3", "mb", &format!("s3://{bucket}")]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src.bin");
+    let data = payload(64 << 20, 64);
+    std::fs::write(&src, &data).unwrap();
+    let url = format!("s3://{bucket}/hung/object.bin");
+
+    weed.freeze();
+    let started = std::time::Instant::now();
+    aws.ok(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        src.to_str().unwrap(),
+        &url,
+    ]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "acknowledged without the bucket"
+    );
+    assert_eq!(gw.metric("gateway_tier_multipart_completed_total"), 1.0);
+    assert!(gw.metric("gateway_tier_dirty_bytes") >= (64 << 20) as f64);
+    let records = std::fs::read_dir(data_dir.path().join("journal"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".rec")
+        })
+        .count();
+    assert_eq!(
+        records,
+        1 + 8 + 1,
+        "the upload, its 8 parts, the completion"
+    );
+    let head = aws.ok(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        &bucket,
+        "--key",
+        "hung/object.bin",
+    ]);
+    let etag = head
+        .split("\"ETag\": \"")
+        .nth(1)
+        .and_then(|s| s.split("\",").next())
+        .unwrap_or_default()
+        .replace("\\\"", "");
+    assert!(etag.ends_with("-8"), "multipart ETag: {head}");
+    let back = work.path().join("back.bin");
+    aws.ok(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        &url,
+        back.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "downloaded while the bucket hangs"
+    );
+
+    weed.thaw();
+    wait_for_metric(&gw, "gateway_tier_persisted_total", 1.0);
+    let ls = aws.ok(&["s3", "ls", &format!("s3://{bucket}/hung/")]);
+    assert!(ls.contains("object.bin") && ls.contains("67108864"), "{ls}");
+    let direct = weed.client();
+    let (bucket_etag, bytes) = rt.block_on(async {
+        let o = direct
+            .get_object()
+            .bucket(&bucket)
+            .key("hung/object.bin")
+            .send()
+            .await
+            .expect("in the bucket");
+        let etag = o.e_tag.clone().unwrap_or_default();
+        (etag, o.body.collect().await.unwrap().into_bytes())
+    });
+    assert_eq!(
+        bucket_etag.trim_matches('"'),
+        etag,
+        "the bucket's ETag is the client's"
+    );
+    assert!(
+        bytes.as_ref() == data.as_slice(),
+        "the bucket holds it byte-exact"
+    );
+    assert_eq!(gw.metric("gateway_tier_dirty_objects"), 0.0);
 }

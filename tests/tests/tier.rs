@@ -59,6 +59,12 @@ enum Op {
         page: i32,
         delimited: bool,
     },
+    /// A multipart upload written back: one part, or a 5 MiB part and a `last` one.
+    Multipart {
+        key: usize,
+        last: Option<usize>,
+        seed: u64,
+    },
 }
 
 /// The keys ops work on: two at the top, two under `d/` (so delimited listings roll them up).
@@ -82,8 +88,10 @@ fn op() -> impl Strategy<Value = Op> {
         3 => key.clone().prop_map(|key| Op::Get { key }),
         2 => (key.clone(), any::<usize>(), any::<usize>()).prop_map(|(key, a, b)| Op::Range { key, a, b }),
         1 => key.clone().prop_map(|key| Op::Head { key }),
-        1 => key.prop_map(|key| Op::Delete { key }),
+        1 => key.clone().prop_map(|key| Op::Delete { key }),
         1 => (1i32..4, any::<bool>()).prop_map(|(page, delimited)| Op::List { page, delimited }),
+        1 => (key.clone(), proptest::option::of(1usize..70_000), any::<u64>())
+            .prop_map(|(key, last, seed)| Op::Multipart { key, last, seed }),
     ]
 }
 
@@ -131,6 +139,8 @@ async fn list_all(
 
 async fn run_ops(c: &Client, bucket: &str, ops: &[Op]) -> HashMap<String, Vec<u8>> {
     let mut model: HashMap<String, Vec<u8>> = HashMap::new();
+    // The ETag each key's current version has (MD5, or the multipart ETag).
+    let mut etags: HashMap<String, String> = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
         match op {
             Op::Put { key, size, seed } => {
@@ -144,6 +154,25 @@ async fn run_ops(c: &Client, bucket: &str, ops: &[Op]) -> HashMap<String, Vec<u8
                     md5_hex(&data),
                     "op {i} {op:?}: etag"
                 );
+                etags.insert(k.clone(), md5_hex(&data));
+                model.insert(k, data);
+            }
+            Op::Multipart { key, last, seed } => {
+                let k = name(*key);
+                // One part of any size, or a 5 MiB part and a last one.
+                let sizes: Vec<usize> = match last {
+                    Some(n) => vec![5 << 20, *n],
+                    None => vec![3000],
+                };
+                let (id, parts, data) = upload_parts(c, bucket, &k, &sizes, *seed).await;
+                let etag = complete(c, bucket, &k, &id, &parts)
+                    .await
+                    .unwrap_or_else(|e| panic!("op {i} {op:?}: {e}"));
+                assert!(
+                    etag.ends_with(&format!("-{}", sizes.len())),
+                    "op {i} {op:?}: {etag}"
+                );
+                etags.insert(k.clone(), etag);
                 model.insert(k, data);
             }
             Op::Get { key } => {
@@ -195,7 +224,7 @@ async fn run_ops(c: &Client, bucket: &str, ops: &[Op]) -> HashMap<String, Vec<u8
                         assert_eq!(h.content_length, Some(want.len() as i64), "op {i} {op:?}");
                         assert_eq!(
                             h.e_tag.as_deref().map(|e| e.trim_matches('"').to_owned()),
-                            Some(md5_hex(want))
+                            etags.get(&k).cloned()
                         );
                     }
                     None => assert!(h.is_err(), "op {i} {op:?}: deleted key answered HEAD"),
@@ -210,6 +239,7 @@ async fn run_ops(c: &Client, bucket: &str, ops: &[Op]) -> HashMap<String, Vec<u8
                     .await
                     .unwrap_or_else(|e| panic!("op {i} {op:?}: {e:?}"));
                 model.remove(&k);
+                etags.remove(&k);
             }
             Op::List { page, delimited } => {
                 // Writes just acknowledged are listed at once (not yet in the bucket, most of
@@ -219,13 +249,13 @@ async fn run_ops(c: &Client, bucket: &str, ops: &[Op]) -> HashMap<String, Vec<u8
                 // The embedded store (s3s-fs) lists no ETags; the tier's entries have theirs.
                 for (k, _, etag) in &mut got.0 {
                     if etag.is_empty() {
-                        etag.clone_from(&model.get(k).map(|v| md5_hex(v)).unwrap_or_default());
+                        etag.clone_from(&etags.get(k).cloned().unwrap_or_default());
                     }
                 }
                 let mut want_keys: Vec<(String, i64, String)> = model
                     .iter()
                     .filter(|(k, _)| !delimited || !k.contains('/'))
-                    .map(|(k, v)| (k.clone(), v.len() as i64, md5_hex(v)))
+                    .map(|(k, v)| (k.clone(), v.len() as i64, etags[k].clone()))
                     .collect();
                 want_keys.sort();
                 let want_prefixes: Vec<String> =
@@ -241,7 +271,8 @@ async fn run_ops(c: &Client, bucket: &str, ops: &[Op]) -> HashMap<String, Vec<u8
     model
 }
 
-/// Random sequences of PUT/GET/Range/HEAD/DELETE/overwrite/paged listing through the S3 API,
+/// Random sequences of PUT/multipart upload/GET/Range/HEAD/DELETE/overwrite/paged listing through
+/// the S3 API,
 /// compared with a plain in-memory model (listings without waiting for persistence); after each
 /// sequence the bucket itself (read directly from the backing store) holds exactly the model.
 #[test]
@@ -300,7 +331,9 @@ fn model_based_operations_match_an_in_memory_model() {
                 let got = get_bytes(&direct, &bucket, k).await;
                 assert!(
                     got.as_ref().is_ok_and(|g| g == v),
-                    "bucket copy of {k} differs"
+                    "bucket copy of {k} differs: {:?} bytes, {} expected",
+                    got.as_ref().map(Vec::len),
+                    v.len()
                 );
             }
         });
@@ -432,9 +465,20 @@ async fn acknowledged_writes_survive_kill_9_of_everything() {
             .await
             .unwrap_or_else(|e| panic!("PUT {k}: {e}"));
     }
+    // A multipart upload completed (kill -9 right after Complete), and one whose parts are
+    // all in but not completed (kill -9 between the last UploadPart and Complete).
+    let (done_data, done_etag) = {
+        let (id, parts, data) = upload_parts(&c, &bucket, "mp/done", &[5 << 20, 1 << 20], 7).await;
+        let out = complete(&c, &bucket, "mp/done", &id, &parts)
+            .await
+            .expect("completed without the bucket");
+        (data, out)
+    };
+    let (open_id, open_parts, open_data) =
+        upload_parts(&c, &bucket, "mp/open", &[5 << 20, 300_000], 8).await;
     assert_eq!(
         gw.metric("gateway_tier_dirty_objects"),
-        5.0,
+        6.0,
         "acknowledged, not yet in the bucket"
     );
     let functions = integration_tests::children_of(gw.proc.pid());
@@ -472,6 +516,141 @@ async fn acknowledged_writes_survive_kill_9_of_everything() {
                 .is_ok_and(|g| &g == v)
         );
     }
+    let h = direct
+        .head_object()
+        .bucket(&bucket)
+        .key("mp/done")
+        .send()
+        .await
+        .expect("the completed upload is in the bucket");
+    assert_eq!(
+        h.e_tag.as_deref().map(|e| e.trim_matches('"')),
+        Some(done_etag.as_str())
+    );
+    assert!(get_bytes(&direct, &bucket, "mp/done").await.ok() == Some(done_data));
+    // The open upload is still there, with its parts, and can be completed.
+    let c = gw.client();
+    let uploads = c
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        uploads
+            .uploads()
+            .iter()
+            .map(|u| (
+                u.key().unwrap_or_default(),
+                u.upload_id().unwrap_or_default()
+            ))
+            .collect::<Vec<_>>(),
+        [("mp/open", open_id.as_str())]
+    );
+    let listed = c
+        .list_parts()
+        .bucket(&bucket)
+        .key("mp/open")
+        .upload_id(&open_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed
+            .parts()
+            .iter()
+            .map(|p| (p.part_number(), p.size()))
+            .collect::<Vec<_>>(),
+        [(Some(1), Some(5 << 20)), (Some(2), Some(300_000))]
+    );
+    let etag = complete(&c, &bucket, "mp/open", &open_id, &open_parts)
+        .await
+        .expect("completed after the restart");
+    wait_persisted(&gw, Duration::from_secs(60)).await;
+    let h = direct
+        .head_object()
+        .bucket(&bucket)
+        .key("mp/open")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        h.e_tag.as_deref().map(|e| e.trim_matches('"')),
+        Some(etag.as_str())
+    );
+    assert!(get_bytes(&direct, &bucket, "mp/open").await.ok() == Some(open_data));
+}
+
+/// Creates a multipart upload of `key` and uploads parts of `sizes`: (upload id, parts as
+/// Complete names them, the object's bytes).
+async fn upload_parts(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    sizes: &[usize],
+    seed: u64,
+) -> (String, Vec<aws_sdk_s3::types::CompletedPart>, Vec<u8>) {
+    let id = c
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .upload_id
+        .unwrap();
+    let mut parts = Vec::new();
+    let mut all = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let n = i as i32 + 1;
+        let data = payload(*size, seed.wrapping_mul(100).wrapping_add(i as u64));
+        let out = c
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .part_number(n)
+            .body(aws_sdk_s3::primitives::ByteStream::from(data.clone()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("part {n}: {e:?}"));
+        assert_eq!(
+            out.e_tag().map(|e| e.trim_matches('"').to_owned()),
+            Some(md5_hex(&data))
+        );
+        parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag)
+                .build(),
+        );
+        all.extend_from_slice(&data);
+    }
+    (id, parts, all)
+}
+
+/// Completes an upload: its ETag, or the S3 error code.
+async fn complete(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    id: &str,
+    parts: &[aws_sdk_s3::types::CompletedPart],
+) -> Result<String, String> {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    c.complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(
+            aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                .set_parts(Some(parts.to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .map(|o| o.e_tag.unwrap_or_default().trim_matches('"').to_owned())
+        .map_err(|e| e.code().unwrap_or("?").to_owned())
 }
 
 /// The backing store goes away: objects in the tier are still served byte-exact, PUTs are
@@ -654,4 +833,157 @@ async fn listings_show_acknowledged_writes_the_bucket_does_not_have() {
         ],
         "the bucket has none of it"
     );
+}
+
+/// An S3 error: its code and HTTP status.
+fn bad<T>(code: &str, status: u16) -> Result<T, (String, Option<u16>)> {
+    Err((code.to_owned(), Some(status)))
+}
+
+/// Multipart uploads the gateway owns answer bad input as S3 does — wrong part order, a part
+/// not uploaded or with another ETag, a small part other than the last, an unknown upload,
+/// Complete twice, a part after Abort — and lose nothing: the upload stays completable and
+/// the object completed is served byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_bad_input_gets_s3_errors_and_loses_nothing() {
+    let gw = GatewayProc::start_with(
+        "tier_multipart_errors",
+        &Backend::Embedded,
+        GatewayOptions {
+            config: Some(tier_config("")),
+            ..Default::default()
+        },
+    );
+    let c = gw.client();
+    let bucket = unique_bucket("mperr");
+    c.create_bucket().bucket(&bucket).send().await.unwrap();
+    let (id, parts, _) = upload_parts(&c, &bucket, "k", &[5 << 20, 1 << 20, 100], 3).await;
+    assert!(id.starts_with("gw-"), "the gateway owns it: {id}");
+    let attempt = |ps: Vec<aws_sdk_s3::types::CompletedPart>, id: String| {
+        let c = c.clone();
+        let bucket = bucket.clone();
+        async move {
+            let r = c
+                .complete_multipart_upload()
+                .bucket(&bucket)
+                .key("k")
+                .upload_id(&id)
+                .multipart_upload(
+                    aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                        .set_parts(Some(ps))
+                        .build(),
+                )
+                .send()
+                .await;
+            match r {
+                Ok(o) => Ok(o.e_tag.unwrap_or_default()),
+                Err(e) => {
+                    use aws_sdk_s3::error::ProvideErrorMetadata;
+                    let status = e.raw_response().map(|r| r.status().as_u16());
+                    Err((e.code().unwrap_or("?").to_owned(), status))
+                }
+            }
+        }
+    };
+    let p = |i: usize| parts[i].clone();
+    assert_eq!(
+        attempt(vec![p(1), p(0)], id.clone()).await,
+        bad("InvalidPartOrder", 400)
+    );
+    let missing = aws_sdk_s3::types::CompletedPart::builder()
+        .part_number(9)
+        .e_tag("\"00000000000000000000000000000000\"")
+        .build();
+    assert_eq!(
+        attempt(vec![p(0), missing], id.clone()).await,
+        bad("InvalidPart", 400)
+    );
+    let wrong = aws_sdk_s3::types::CompletedPart::builder()
+        .part_number(1)
+        .e_tag("\"00000000000000000000000000000000\"")
+        .build();
+    assert_eq!(
+        attempt(vec![wrong], id.clone()).await,
+        bad("InvalidPart", 400)
+    );
+    assert_eq!(
+        attempt(vec![p(1), p(2)], id.clone()).await,
+        bad("EntityTooSmall", 400)
+    );
+    let unknown = format!("gw-{}", "0".repeat(32));
+    assert_eq!(
+        attempt(vec![p(0)], unknown.clone()).await,
+        bad("NoSuchUpload", 404)
+    );
+    let part_to = |id: String, n: i32| {
+        let c = c.clone();
+        let bucket = bucket.clone();
+        async move {
+            use aws_sdk_s3::error::ProvideErrorMetadata;
+            c.upload_part()
+                .bucket(&bucket)
+                .key("k")
+                .upload_id(&id)
+                .part_number(n)
+                .body(aws_sdk_s3::primitives::ByteStream::from(vec![1u8; 10]))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    (
+                        e.code().unwrap_or("?").to_owned(),
+                        e.raw_response().map(|r| r.status().as_u16()),
+                    )
+                })
+        }
+    };
+    assert_eq!(part_to(unknown, 1).await, bad("NoSuchUpload", 404));
+    // Nothing was lost: the upload completes, once.
+    let etag = attempt(vec![p(0), p(2)], id.clone())
+        .await
+        .expect("completes");
+    assert!(etag.trim_matches('"').ends_with("-2"), "{etag}");
+    assert_eq!(
+        attempt(vec![p(0), p(2)], id.clone()).await,
+        bad("NoSuchUpload", 404)
+    );
+    let mut want = payload(5 << 20, 300);
+    want.extend_from_slice(&payload(100, 302));
+    assert!(
+        get_bytes(&c, &bucket, "k").await.ok() == Some(want),
+        "served byte-exact"
+    );
+    // Abort, then a part: NoSuchUpload; a second Abort too.
+    let (other, _, _) = upload_parts(&c, &bucket, "other", &[100], 4).await;
+    c.abort_multipart_upload()
+        .bucket(&bucket)
+        .key("other")
+        .upload_id(&other)
+        .send()
+        .await
+        .unwrap();
+    let again = c
+        .abort_multipart_upload()
+        .bucket(&bucket)
+        .key("other")
+        .upload_id(&other)
+        .send()
+        .await;
+    assert!(again.is_err(), "a second Abort fails");
+    let r = c
+        .upload_part()
+        .bucket(&bucket)
+        .key("other")
+        .upload_id(&other)
+        .part_number(2)
+        .body(aws_sdk_s3::primitives::ByteStream::from(vec![1u8; 10]))
+        .send()
+        .await;
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    assert_eq!(
+        r.err().and_then(|e| e.code().map(str::to_owned)).as_deref(),
+        Some("NoSuchUpload")
+    );
+    assert_eq!(gw.metric("gateway_tier_multipart_uploads"), 0.0);
+    wait_persisted(&gw, Duration::from_secs(30)).await;
 }

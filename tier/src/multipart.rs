@@ -517,11 +517,11 @@ impl Tier {
         Ok(meta)
     }
 
-    /// Places a journal-backed object into function memory, read back from the journal; it is
-    /// served from memory once all of it is placed (if it is still the key's version).
+    /// Places a journal-backed object into function memory, read back from the journal (or
+    /// the bucket, once persisted); it is served from memory once all of it is placed (if it is
+    /// still the key's version).
     fn admit_from_journal(self: Arc<Self>, bucket: String, key: String, obj: Arc<CachedObject>) {
-        let Some(seq) = obj.journal_seq else { return };
-        if !self.admits(obj.size) {
+        if obj.journal_seq.is_none() || !self.admits(obj.size) {
             return;
         }
         let pieces =
@@ -544,10 +544,11 @@ impl Tier {
             let mut index = 0usize;
             while off < obj.size && placed {
                 let len = self.piece_size.min(obj.size - off);
-                placed = match self.journal.read_at(seq, off, len).await {
+                // From the journal, or the bucket if it was persisted meanwhile.
+                placed = match self.read_span(&bucket, &key, &obj, off, len).await {
                     Ok(piece) => self.place_piece(obj.id, &layout, index, piece).await,
                     Err(e) => {
-                        tracing::debug!(bucket, key, error = %e, "journal read for admission");
+                        tracing::debug!(bucket, key, error = %e, "reading an object to admit it");
                         false
                     }
                 };
@@ -558,7 +559,12 @@ impl Tier {
                 self.metrics.admitted.inc();
                 return;
             }
-            if !placed {
+            let current = matches!(
+                self.index.get(&bucket, &key),
+                Some(KeyState::Object(o)) if o.id == obj.id
+            );
+            // A failure of an object since replaced or deleted is no admission failure.
+            if !placed && current {
                 self.metrics.admission_failures.inc();
             }
             // Not placed, or the key changed meanwhile: free what was placed.

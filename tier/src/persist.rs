@@ -76,14 +76,6 @@ where
     }
 }
 
-/// One part of a persisted multipart upload: bytes `offset..offset+len` of the record, and
-/// the checksums the client sent with it.
-struct PartSpan {
-    offset: u64,
-    len: u64,
-    checksums: BTreeMap<String, String>,
-}
-
 /// A record the bucket refused, as the admin API lists it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeadLetter {
@@ -727,34 +719,24 @@ impl Persister {
                 let mut offset = 0u64;
                 while offset < h.size {
                     let len = h.meta.part_size.min(h.size - offset);
-                    parts.push(PartSpan {
-                        offset,
-                        len,
-                        checksums: BTreeMap::new(),
-                    });
+                    parts.push((offset, len));
                     offset += len;
                 }
-                self.put_multipart(h, &key, &parts, None).await
+                self.put_multipart(h, &key, &parts).await
             }
             // A completed multipart upload goes to the bucket with the client's part
-            // boundaries and checksums, so the bucket's ETag is the one the client got.
+            // boundaries, so the bucket's ETag is the one the client got. (Each part carries
+            // its Content-MD5; the client's per-part checksums were checked by the gateway and
+            // are not replayed: stores differ in what they make of them — s3s-fs records a
+            // wrong whole-object CRC that SDKs then reject on GET.)
             RecordKind::Assembled { ref parts, .. } => {
                 let mut spans = Vec::new();
                 let mut offset = 0u64;
                 for p in parts {
-                    spans.push(PartSpan {
-                        offset,
-                        len: p.size,
-                        checksums: p.checksums.clone(),
-                    });
+                    spans.push((offset, p.size));
                     offset += p.size;
                 }
-                let algorithm = parts
-                    .first()
-                    .and_then(|p| p.checksums.keys().next().cloned())
-                    .filter(|a| parts.iter().all(|p| p.checksums.contains_key(a)));
-                self.put_multipart(h, &key, &spans, algorithm.as_deref())
-                    .await
+                self.put_multipart(h, &key, &spans).await
             }
             // Not key writes: never given to the persister.
             RecordKind::Upload { .. } | RecordKind::Part { .. } => Ok(()),
@@ -807,8 +789,7 @@ impl Persister {
         &self,
         h: &RecordHeader,
         key: &str,
-        spans: &[PartSpan],
-        checksum_algorithm: Option<&str>,
+        spans: &[(u64, u64)],
     ) -> Result<(), Failure> {
         let m = &h.meta;
         let created = self
@@ -816,7 +797,6 @@ impl Persister {
             .create_multipart_upload()
             .bucket(&h.bucket)
             .key(key)
-            .set_checksum_algorithm(checksum_algorithm.map(Into::into))
             .set_content_type(m.content_type.clone())
             .set_content_encoding(m.content_encoding.clone())
             .set_content_disposition(m.content_disposition.clone())
@@ -838,14 +818,8 @@ impl Persister {
             .to_owned();
         let result = async {
             let mut parts = Vec::new();
-            for (n, span) in (1i32..).zip(spans) {
-                let (offset, len) = (span.offset, span.len);
+            for (n, &(offset, len)) in (1i32..).zip(spans) {
                 let data = self.read_range(h.seq, offset, len).await?;
-                let sum = |alg: &str| {
-                    checksum_algorithm
-                        .filter(|a| *a == alg)
-                        .and_then(|a| span.checksums.get(a).cloned())
-                };
                 let r = self
                     .client
                     .upload_part()
@@ -855,11 +829,6 @@ impl Persister {
                     .part_number(n)
                     .content_length(i64::try_from(len).unwrap_or(i64::MAX))
                     .content_md5(content_md5(&data))
-                    .set_checksum_crc32(sum("CRC32"))
-                    .set_checksum_crc32_c(sum("CRC32C"))
-                    .set_checksum_crc64_nvme(sum("CRC64NVME"))
-                    .set_checksum_sha1(sum("SHA1"))
-                    .set_checksum_sha256(sum("SHA256"))
                     .body(ByteStream::from(data))
                     .customize()
                     .config_override(self.limits(len))
@@ -870,11 +839,6 @@ impl Persister {
                     CompletedPart::builder()
                         .part_number(n)
                         .set_e_tag(r.e_tag().map(str::to_owned))
-                        .set_checksum_crc32(sum("CRC32"))
-                        .set_checksum_crc32_c(sum("CRC32C"))
-                        .set_checksum_crc64_nvme(sum("CRC64NVME"))
-                        .set_checksum_sha1(sum("SHA1"))
-                        .set_checksum_sha256(sum("SHA256"))
                         .build(),
                 );
             }

@@ -203,6 +203,15 @@ impl EmbeddedStore {
         ))
     }
 
+    /// s3s-fs's internal record of an object (its ETag and checksums).
+    fn internal_info_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            b64(bucket),
+            b64(key)
+        ))
+    }
+
     fn upload_tagging_path(&self, upload_id: &str) -> PathBuf {
         self.root
             .join(format!(".gateway-upload-tagging.{}.json", b64(upload_id)))
@@ -640,7 +649,22 @@ impl S3 for EmbeddedStore {
             .await?;
         let pending = self.upload_tagging_path(&req.input.upload_id);
         let path = self.tagging_path(&req.input.bucket, &req.input.key);
-        let mut resp = self.fs.complete_multipart_upload(req).await?;
+        // s3s-fs completes onto the key's old internal record (ETag and checksums) and only
+        // replaces the ETag: the old object's checksums would stay, and SDKs reject the new
+        // object's body on GET. The old record goes first, and comes back if the completion
+        // fails.
+        let info = self.internal_info_path(&req.input.bucket, &req.input.key);
+        let old_info = tokio::fs::read(&info).await.ok();
+        if old_info.is_some() {
+            Self::remove_file(&info).await?;
+        }
+        let completed = self.fs.complete_multipart_upload(req).await;
+        if completed.is_err()
+            && let Some(bytes) = old_info
+        {
+            let _ = tokio::fs::write(&info, bytes).await;
+        }
+        let mut resp = completed?;
         let tags = Self::read_tags_at(&pending).await?;
         Self::write_tags_at(&path, &tags).await?;
         Self::remove_file(&pending).await?;
