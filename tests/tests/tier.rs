@@ -843,7 +843,7 @@ fn bad<T>(code: &str, status: u16) -> Result<T, (String, Option<u16>)> {
 /// Multipart uploads the gateway owns answer bad input as S3 does — wrong part order, a part
 /// not uploaded or with another ETag, a small part other than the last, an unknown upload,
 /// Complete twice, a part after Abort — and lose nothing: the upload stays completable and
-/// the object completed is served byte-exact.
+/// the object completed is served byte-exact, whole and by part number, from the tier.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_bad_input_gets_s3_errors_and_loses_nothing() {
     let gw = GatewayProc::start_with(
@@ -950,8 +950,54 @@ async fn multipart_bad_input_gets_s3_errors_and_loses_nothing() {
     let mut want = payload(5 << 20, 300);
     want.extend_from_slice(&payload(100, 302));
     assert!(
-        get_bytes(&c, &bucket, "k").await.ok() == Some(want),
+        get_bytes(&c, &bucket, "k").await.ok() == Some(want.clone()),
         "served byte-exact"
+    );
+    // Parts by number, from the tier (its part boundaries are known).
+    let from_bucket = gw.metric("gateway_tier_bytes_from_bucket_total");
+    for (n, range) in [(1, 0..5 << 20), (2, (5 << 20)..want.len())] {
+        let o = c
+            .get_object()
+            .bucket(&bucket)
+            .key("k")
+            .part_number(n)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(o.parts_count(), Some(2));
+        assert_eq!(
+            o.content_range(),
+            Some(format!("bytes {}-{}/{}", range.start, range.end - 1, want.len()).as_str())
+        );
+        let got = o.body.collect().await.unwrap().into_bytes();
+        assert!(got.as_ref() == &want[range], "part {n}");
+        let h = c
+            .head_object()
+            .bucket(&bucket)
+            .key("k")
+            .part_number(n)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(h.parts_count(), Some(2));
+        assert_eq!(h.content_length(), Some(if n == 1 { 5 << 20 } else { 100 }));
+    }
+    let past = c
+        .get_object()
+        .bucket(&bucket)
+        .key("k")
+        .part_number(3)
+        .send()
+        .await;
+    assert_eq!(
+        past.err()
+            .and_then(|e| e.raw_response().map(|r| r.status().as_u16())),
+        Some(416)
+    );
+    assert_eq!(
+        gw.metric("gateway_tier_bytes_from_bucket_total"),
+        from_bucket,
+        "parts come from the tier"
     );
     // Abort, then a part: NoSuchUpload; a second Abort too.
     let (other, _, _) = upload_parts(&c, &bucket, "other", &[100], 4).await;

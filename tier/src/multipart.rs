@@ -451,7 +451,13 @@ impl Tier {
         let mut meta = upload.meta.clone();
         meta.etag = multipart_etag(&md5s);
         meta.last_modified_ms = now_ms();
-        meta.part_size = used.first().map_or(0, |p| p.size);
+        // Uniform parts (all but the last of one size, the last no larger): partNumber reads
+        // can be answered from it; otherwise 0, "unknown boundaries".
+        let first = used.first().map_or(0, |p| p.size);
+        let uniform = used
+            .split_last()
+            .is_some_and(|(last, rest)| rest.iter().all(|p| p.size == first) && last.size <= first);
+        meta.part_size = if uniform { first } else { 0 };
         let assembled: Vec<AssembledPart> = parts
             .iter()
             .zip(&used)

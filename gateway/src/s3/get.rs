@@ -16,14 +16,22 @@ pub(super) async fn get_object(
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let cond = conditions_of!(req.input);
     let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
-    let plain = req.input.part_number.is_none()
-        && req.input.version_id.is_none()
-        && req.input.sse_customer_key.is_none();
+    let current = req.input.version_id.is_none() && req.input.sse_customer_key.is_none();
+    let plain = current && req.input.part_number.is_none();
     if let Some(tier) = &gw.tier {
         match tier.lookup(&bucket, &key) {
             Some(KeyState::Deleted { .. }) => return Err(no_such_key()),
             Some(KeyState::Object(obj)) if plain => {
-                return serve_from_tier(tier, &bucket, &key, obj, &req.input, &cond);
+                return serve_from_tier(tier, &bucket, &key, obj, &req.input, &cond, None);
+            }
+            // A part of an object whose part boundaries the tier knows.
+            Some(KeyState::Object(obj))
+                if current
+                    && req.input.range.is_none()
+                    && let Some(n) = req.input.part_number
+                    && let Some(part) = part_of(&obj, n)? =>
+            {
+                return serve_from_tier(tier, &bucket, &key, obj, &req.input, &cond, Some(part));
             }
             // partNumber and versions are the bucket copy's business: it must be current.
             Some(KeyState::Object(_)) => gw.flushed(&bucket, &[key.as_str()]).await?,
@@ -68,6 +76,41 @@ fn total_size(content_range: &str) -> Option<u64> {
     content_range.rsplit_once('/')?.1.trim().parse().ok()
 }
 
+/// Part `n` of an object the tier holds: its byte range and the object's part count, when the
+/// tier knows the boundaries (uniform parts of `meta.part_size`, as a multipart ETag `-N`
+/// says; one part for an object with a plain ETag); `Ok(None)` when it does not (the bucket
+/// answers). A part past the last is S3's 416 InvalidPartNumber.
+fn part_of(obj: &CachedObject, n: i32) -> S3Result<Option<(Range, i32)>> {
+    let meta = obj.meta();
+    let size = obj.size();
+    let count: u64 = match meta.etag.rsplit_once('-') {
+        None => 1,
+        Some((_, c)) => match c.parse() {
+            Ok(c) if c > 0 => c,
+            _ => return Ok(None),
+        },
+    };
+    let ps = if count == 1 { size } else { meta.part_size };
+    if count > 1 && (ps == 0 || size.div_ceil(ps) != count) {
+        return Ok(None);
+    }
+    let n = u64::try_from(n).unwrap_or(0);
+    if n == 0 || n > count {
+        let mut e = S3Error::with_message(
+            S3ErrorCode::Custom("InvalidPartNumber".into()),
+            "The requested partnumber is not satisfiable",
+        );
+        e.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+        return Err(e);
+    }
+    let start = (n - 1) * ps;
+    let end = (n * ps).min(size);
+    Ok(Some((
+        Range { start, end },
+        i32::try_from(count).unwrap_or(i32::MAX),
+    )))
+}
+
 fn no_such_key() -> S3Error {
     s3_error!(NoSuchKey, "The specified key does not exist.")
 }
@@ -81,19 +124,24 @@ fn serve_from_tier(
     obj: std::sync::Arc<CachedObject>,
     input: &GetObjectInput,
     cond: &super::conditions::Conditions,
+    part: Option<(Range, i32)>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let meta = obj.meta();
     let last_modified = tiered::timestamp_ms(meta.last_modified_ms);
     cond.check(Some(&ETag::Strong(meta.etag.clone())), Some(&last_modified))?;
     let size = obj.size();
-    let span = match &input.range {
-        None => 0..size,
-        Some(r) => r
+    let span = match (&input.range, part) {
+        (_, Some((r, _))) => r.start..r.end,
+        (None, None) => 0..size,
+        (Some(r), None) => r
             .check(size)
             .map_err(|_| s3_error!(InvalidRange, "The requested range is not satisfiable"))?,
     };
     let mut out = tiered::get_output(meta, span.end - span.start);
-    if input.range.is_some() {
+    // S3 answers a part with 206 and its range, and names the part count of a multipart object.
+    out.parts_count = part.map(|(_, count)| count).filter(|c| *c > 1);
+    let partial = input.range.is_some() || part.is_some();
+    if partial {
         out.content_range = Some(format!(
             "bytes {}-{}/{}",
             span.start,
@@ -111,7 +159,7 @@ fn serve_from_tier(
         },
     )));
     let mut resp = S3Response::new(out);
-    if input.range.is_some() {
+    if partial {
         resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
     }
     Ok(resp)
@@ -122,9 +170,8 @@ pub(super) async fn head_object(
     mut req: S3Request<HeadObjectInput>,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let cond = conditions_of!(req.input);
-    let plain = req.input.part_number.is_none()
-        && req.input.version_id.is_none()
-        && req.input.sse_customer_key.is_none();
+    let current = req.input.version_id.is_none() && req.input.sse_customer_key.is_none();
+    let plain = current && req.input.part_number.is_none();
     if let Some(tier) = &gw.tier {
         match tier.lookup(&req.input.bucket, &req.input.key) {
             Some(KeyState::Deleted { .. }) => return Err(no_such_key()),
@@ -133,6 +180,27 @@ pub(super) async fn head_object(
                 let last_modified = tiered::timestamp_ms(meta.last_modified_ms);
                 cond.check(Some(&ETag::Strong(meta.etag.clone())), Some(&last_modified))?;
                 return Ok(S3Response::new(tiered::head_output(meta, obj.size())));
+            }
+            Some(KeyState::Object(obj))
+                if current
+                    && req.input.range.is_none()
+                    && let Some(n) = req.input.part_number
+                    && let Some((span, count)) = part_of(&obj, n)? =>
+            {
+                let meta = obj.meta();
+                let last_modified = tiered::timestamp_ms(meta.last_modified_ms);
+                cond.check(Some(&ETag::Strong(meta.etag.clone())), Some(&last_modified))?;
+                let mut out = tiered::head_output(meta, span.len());
+                out.parts_count = (count > 1).then_some(count);
+                out.content_range = Some(format!(
+                    "bytes {}-{}/{}",
+                    span.start,
+                    span.end.saturating_sub(1),
+                    obj.size()
+                ));
+                let mut resp = S3Response::new(out);
+                resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+                return Ok(resp);
             }
             Some(KeyState::Object(_)) => {
                 gw.flushed(&req.input.bucket, &[req.input.key.as_str()])
