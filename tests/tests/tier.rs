@@ -723,11 +723,13 @@ async fn backing_store_outage() {
     );
 }
 
-/// Listings do not wait for persistence. The bucket refuses every write of the gateway (its
-/// identity may read and list only), so what the gateway acknowledged never reaches it; v1 and
-/// v2 listings through the gateway, paged, with and without a delimiter, show the acknowledged
-/// writes, hide the acknowledged delete (and the common prefix it emptied), and show the new
-/// versions of overwritten keys — while the bucket, read directly, still holds the old state.
+/// Listings and copies do not wait for persistence. The bucket refuses every write of the
+/// gateway (its identity may read and list only), so what the gateway acknowledged never
+/// reaches it; v1 and v2 listings through the gateway, paged, with and without a delimiter,
+/// show the acknowledged writes, hide the acknowledged delete (and the common prefix it
+/// emptied), and show the new versions of overwritten keys — while the bucket, read directly,
+/// still holds the old state. CopyObject and UploadPartCopy of such a source are made from the
+/// tier.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_show_acknowledged_writes_the_bucket_does_not_have() {
     if tool_or_skip(weed_bin(), "SeaweedFS `weed`").is_none() {
@@ -751,7 +753,14 @@ async fn listings_show_acknowledged_writes_the_bucket_does_not_have() {
     let c = gw.client();
     let keep = payload(200_000, 2);
     put(&c, &bucket, "keep/a", &keep).await.unwrap();
-    put(&c, &bucket, "new/n", &payload(300_000, 3))
+    c.put_object()
+        .bucket(&bucket)
+        .key("new/n")
+        .content_type("application/x-test")
+        .body(aws_sdk_s3::primitives::ByteStream::from(payload(
+            300_000, 3,
+        )))
+        .send()
         .await
         .unwrap();
     put(&c, &bucket, "dir/x", &payload(150_000, 4))
@@ -832,6 +841,111 @@ async fn listings_show_acknowledged_writes_the_bucket_does_not_have() {
             ("top".to_owned(), 100_000)
         ],
         "the bucket has none of it"
+    );
+
+    // Copies of a source the bucket does not have are made from the tier, at once: CopyObject
+    // (metadata copied, or replaced) and UploadPartCopy into an upload the gateway owns.
+    let n = payload(300_000, 3);
+    let copied = c
+        .copy_object()
+        .bucket(&bucket)
+        .key("copies/n")
+        .copy_source(format!("{bucket}/new/n"))
+        .send()
+        .await
+        .expect("copied from the tier");
+    assert_eq!(
+        copied
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .map(|e| e.trim_matches('"').to_owned()),
+        Some(md5_hex(&n))
+    );
+    assert!(get_bytes(&c, &bucket, "copies/n").await.ok() == Some(n.clone()));
+    let h = c
+        .head_object()
+        .bucket(&bucket)
+        .key("copies/n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        h.content_type(),
+        Some("application/x-test"),
+        "metadata copied"
+    );
+    c.copy_object()
+        .bucket(&bucket)
+        .key("copies/replaced")
+        .copy_source(format!("{bucket}/new/n"))
+        .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+        .content_type("text/plain")
+        .send()
+        .await
+        .unwrap();
+    let h = c
+        .head_object()
+        .bucket(&bucket)
+        .key("copies/replaced")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.content_type(), Some("text/plain"), "metadata replaced");
+    let onto_itself = c
+        .copy_object()
+        .bucket(&bucket)
+        .key("new/n")
+        .copy_source(format!("{bucket}/new/n"))
+        .send()
+        .await;
+    assert_eq!(
+        onto_itself
+            .err()
+            .and_then(|e| e.raw_response().map(|r| r.status().as_u16())),
+        Some(400)
+    );
+    let id = c
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key("copies/parts")
+        .send()
+        .await
+        .unwrap()
+        .upload_id
+        .unwrap();
+    let part = c
+        .upload_part_copy()
+        .bucket(&bucket)
+        .key("copies/parts")
+        .upload_id(&id)
+        .part_number(1)
+        .copy_source(format!("{bucket}/new/n"))
+        .copy_source_range("bytes=1000-200999")
+        .send()
+        .await
+        .expect("part copied from the tier");
+    let etag = part
+        .copy_part_result()
+        .and_then(|r| r.e_tag())
+        .map(str::to_owned);
+    assert_eq!(
+        etag.as_deref().map(|e| e.trim_matches('"').to_owned()),
+        Some(md5_hex(&n[1000..201_000]))
+    );
+    complete(
+        &c,
+        &bucket,
+        "copies/parts",
+        &id,
+        &[aws_sdk_s3::types::CompletedPart::builder()
+            .part_number(1)
+            .set_e_tag(etag)
+            .build()],
+    )
+    .await
+    .unwrap();
+    assert!(
+        get_bytes(&c, &bucket, "copies/parts").await.ok().as_deref() == Some(&n[1000..201_000])
     );
 }
 

@@ -67,6 +67,12 @@ impl CachedObject {
     pub fn meta(&self) -> &ObjectMeta {
         &self.meta
     }
+
+    /// Whether its bytes are in the journal: a write the bucket may not have yet (its
+    /// metadata, tags included, is then complete; an object read from the bucket has no tags).
+    pub fn is_journaled(&self) -> bool {
+        self.journal_seq.is_some()
+    }
 }
 
 /// What the index knows of a key.

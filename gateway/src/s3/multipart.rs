@@ -134,13 +134,63 @@ pub(super) async fn upload_part_copy(
     gw: &S3Handler,
     mut req: S3Request<UploadPartCopyInput>,
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+    let owned = owner(gw, &req.input.upload_id)?;
+    // Into an upload the gateway owns, from a source the tier holds: no bucket involved.
+    if let Some(tier) = owned
+        && let Some(src) = super::copy::held_source(tier, &req.input.copy_source)
+    {
+        return copy_held_part(tier, &req.input, src).await;
+    }
     if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
         gw.flushed(bucket, &[key.as_ref()]).await?;
     }
-    if let Some(tier) = owner(gw, &req.input.upload_id)? {
+    if let Some(tier) = owned {
         return copy_into_owned_part(gw, tier, &req.input).await;
     }
     proxied!(uploads: gw, upload_part_copy, keyed req, UploadPartCopyError)
+}
+
+/// UploadPartCopy into an upload the gateway owns from a source the tier holds.
+async fn copy_held_part(
+    tier: &std::sync::Arc<Tier>,
+    input: &UploadPartCopyInput,
+    src: std::sync::Arc<tier::CachedObject>,
+) -> S3Result<S3Response<UploadPartCopyOutput>> {
+    let cond = super::conditions::Conditions {
+        if_match: input.copy_source_if_match.clone(),
+        if_none_match: input.copy_source_if_none_match.clone(),
+        if_modified_since: input.copy_source_if_modified_since.clone(),
+        if_unmodified_since: input.copy_source_if_unmodified_since.clone(),
+    };
+    super::copy::check_source(&cond, &src)?;
+    let number = u32::try_from(input.part_number).map_err(|_| {
+        s3s::s3_error!(
+            InvalidArgument,
+            "Part number must be an integer between 1 and 10000, inclusive"
+        )
+    })?;
+    let range = super::copy::source_range(input.copy_source_range.as_deref(), src.size())?;
+    let body = super::copy::source_body(tier, &input.copy_source, src, range);
+    let part = tier
+        .upload_part(
+            &input.upload_id,
+            &input.bucket,
+            &input.key,
+            number,
+            range.len(),
+            body,
+            Box::new(BodyCheck::none()),
+        )
+        .await
+        .map_err(tier_error)?;
+    Ok(S3Response::new(UploadPartCopyOutput {
+        copy_part_result: Some(CopyPartResult {
+            e_tag: Some(ETag::Strong(part.etag)),
+            last_modified: Some(tiered::timestamp_ms(part.last_modified_ms)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }))
 }
 
 /// UploadPartCopy into an upload the gateway owns: the source range is read from the bucket

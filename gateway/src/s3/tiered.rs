@@ -61,6 +61,11 @@ pub fn upload_supported(input: &CreateMultipartUploadInput) -> bool {
     storage_options_supported!(input)
 }
 
+/// Whether a CopyObject's destination can be written back (as for a PUT).
+pub fn copy_supported(input: &CopyObjectInput) -> bool {
+    storage_options_supported!(input)
+}
+
 /// Most bytes of user metadata (keys and values, UTF-8) S3 takes on an object.
 pub const MAX_USER_METADATA: usize = 2048;
 
@@ -115,6 +120,11 @@ macro_rules! meta_from_input {
 /// The metadata a PUT stores (ETag and time are filled in by the tier).
 pub fn meta_from_put(input: &PutObjectInput, content_encoding: Option<String>) -> ObjectMeta {
     meta_from_input!(input, content_encoding)
+}
+
+/// The metadata a CopyObject with `x-amz-metadata-directive: REPLACE` gives its destination.
+pub fn meta_from_copy(input: &CopyObjectInput) -> ObjectMeta {
+    meta_from_input!(input, input.content_encoding.clone())
 }
 
 /// The metadata a multipart upload's object is stored with.
