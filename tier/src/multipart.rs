@@ -245,9 +245,15 @@ async fn remove_all(journal: &Journal, seqs: Vec<u64>) {
 }
 
 impl Tier {
-    /// Whether `id` is an upload id the gateway issued (the upload may be gone).
+    /// Whether `id` is an upload id the gateway issued (the upload may be gone): `gw-` and 32
+    /// lowercase hex digits, a form S3, SeaweedFS and s3s-fs do not issue.
     pub fn owns_upload(id: &str) -> bool {
-        id.starts_with(UPLOAD_PREFIX)
+        id.strip_prefix(UPLOAD_PREFIX).is_some_and(|rest| {
+            rest.len() == 32
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
     }
 
     /// Opens a multipart upload of `bucket/key` owned by the gateway (written back), with the
@@ -724,6 +730,14 @@ fn validate(u: &Upload, parts: &[CompletedPartRef]) -> Result<(), TierError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_ids_are_told_apart() {
+        assert!(Tier::owns_upload(&format!("gw-{:032x}", 7u128)));
+        assert!(!Tier::owns_upload("gw-123"));
+        assert!(!Tier::owns_upload(&format!("gw-{}", "G".repeat(32))));
+        assert!(!Tier::owns_upload("2f1a9c0e-1b2c-4d5e-8f90-123456789abc"));
+    }
 
     #[test]
     fn the_multipart_etag_is_s3s() {
