@@ -1147,3 +1147,81 @@ async fn multipart_bad_input_gets_s3_errors_and_loses_nothing() {
     assert_eq!(gw.metric("gateway_tier_multipart_uploads"), 0.0);
     wait_persisted(&gw, Duration::from_secs(30)).await;
 }
+
+/// An upload larger than the journal: once the journal cannot hold its next part, the upload
+/// moves to the bucket (the parts journaled so far are sent there) instead of stalling; later
+/// parts and the completion are the bucket's, and the object is whole in the bucket with the
+/// multipart ETag; nothing is left in the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_larger_than_the_journal_moves_to_the_bucket() {
+    let backend_port = free_port();
+    let data_dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProc::start_with(
+        "tier_multipart_forward",
+        &Backend::Embedded,
+        GatewayOptions {
+            env: vec![(
+                "GATEWAY_EMBEDDED_LISTEN".into(),
+                format!("127.0.0.1:{backend_port}"),
+            )],
+            data_dir: Some(data_dir.path().to_owned()),
+            config: Some(tier_config(
+                "journal_capacity = \"12MiB\"\njournal_wait = \"500ms\"",
+            )),
+        },
+    );
+    let c = gw.client();
+    let bucket = unique_bucket("mpfwd");
+    c.create_bucket().bucket(&bucket).send().await.unwrap();
+    let (id, parts, data) =
+        upload_parts(&c, &bucket, "big", &[5 << 20, 5 << 20, 5 << 20, 1 << 20], 9).await;
+    assert!(id.starts_with("gw-"));
+    assert_eq!(gw.metric("gateway_tier_multipart_forwarded_total"), 1.0);
+    let listed = c
+        .list_parts()
+        .bucket(&bucket)
+        .key("big")
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.parts().len(), 4, "the bucket has every part");
+    let uploads = c
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        uploads
+            .uploads()
+            .iter()
+            .filter_map(|u| u.upload_id())
+            .collect::<Vec<_>>(),
+        [id.as_str()],
+        "listed once, under the gateway's id"
+    );
+    let etag = complete(&c, &bucket, "big", &id, &parts)
+        .await
+        .expect("completed by the bucket");
+    assert!(etag.ends_with("-4"), "{etag}");
+    assert!(get_bytes(&c, &bucket, "big").await.ok() == Some(data.clone()));
+    let direct = s3_client(
+        &format!("http://127.0.0.1:{backend_port}"),
+        integration_tests::BACKEND_ACCESS_KEY,
+        integration_tests::BACKEND_SECRET_KEY,
+    );
+    assert!(get_bytes(&direct, &bucket, "big").await.ok() == Some(data));
+    assert_eq!(gw.metric("gateway_tier_multipart_uploads"), 0.0);
+    let left = std::fs::read_dir(data_dir.path().join("journal"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".rec")
+        })
+        .count();
+    assert_eq!(left, 0, "nothing left in the journal");
+}

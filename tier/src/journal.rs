@@ -127,6 +127,14 @@ pub enum RecordKind {
         /// The parts, in order.
         parts: Vec<AssembledPart>,
     },
+    /// Upload `id` was moved to the bucket, as its upload `bucket_id` (the journal could not
+    /// hold its next part): no data; its parts are the bucket's from now on.
+    Forwarded {
+        /// Upload id (the gateway's).
+        id: String,
+        /// The bucket's upload id.
+        bucket_id: String,
+    },
 }
 
 /// A part of an assembled object.
@@ -166,7 +174,10 @@ impl RecordHeader {
     pub fn data_len(&self) -> u64 {
         match self.kind {
             RecordKind::Put | RecordKind::Part { .. } => self.size,
-            RecordKind::Delete | RecordKind::Upload { .. } | RecordKind::Assembled { .. } => 0,
+            RecordKind::Delete
+            | RecordKind::Upload { .. }
+            | RecordKind::Assembled { .. }
+            | RecordKind::Forwarded { .. } => 0,
         }
     }
 }
@@ -340,6 +351,11 @@ impl Journal {
     pub fn used(&self) -> u64 {
         let free = self.space.available_permits() as u64;
         u64::from(units(self.capacity)).saturating_sub(free) * UNIT
+    }
+
+    /// Bytes of data that can be reserved now.
+    pub fn free(&self) -> u64 {
+        self.space.available_permits() as u64 * UNIT
     }
 
     /// Whether an object of `size` bytes can ever be journaled.

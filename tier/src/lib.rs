@@ -66,7 +66,7 @@ pub use self::error::{BackendError, BackendFailure, BoxError, TierError};
 pub use self::index::{CachedObject, FunctionId, KeyState};
 pub use self::journal::JournalError;
 pub use self::meta::ObjectMeta;
-pub use self::multipart::{CompletedPartRef, PartInfo, UploadInfo};
+pub use self::multipart::{CompletedPartRef, PartInfo, PartRoute, UploadInfo};
 pub use self::persist::DeadLetter;
 pub use self::read::Range;
 pub use self::start::{Running, start};

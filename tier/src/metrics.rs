@@ -36,6 +36,8 @@ pub struct TierMetrics {
     pub multipart_uploads: Gauge,
     /// Multipart uploads written back and completed (acknowledged without the bucket).
     pub multipart_completed: Counter,
+    /// Multipart uploads moved to the bucket because the journal could not hold a part.
+    pub multipart_forwarded: Counter,
     /// Bytes acknowledged but not yet in the bucket.
     pub dirty_bytes: Gauge,
     /// Keys with writes not yet in the bucket.
@@ -120,6 +122,11 @@ impl TierMetrics {
             "multipart_completed",
             "Multipart uploads written back by the gateway and completed",
             m.multipart_completed.clone(),
+        );
+        r.register(
+            "multipart_forwarded",
+            "Multipart uploads moved to the bucket because the journal could not hold a part",
+            m.multipart_forwarded.clone(),
         );
         r.register(
             "dirty_bytes",

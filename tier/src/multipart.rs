@@ -68,12 +68,25 @@ struct Upload {
     seq: u64,
     initiated_ms: u64,
     parts: BTreeMap<u32, StoredPart>,
+    /// Moved to the bucket: its upload id there, and the `Forwarded` record saying so.
+    forwarded: Option<(String, u64)>,
 }
 
 /// The open uploads the gateway owns, by id.
 #[derive(Default)]
 pub(crate) struct Uploads {
     map: Mutex<HashMap<String, Upload>>,
+    /// Held while an upload is moved to the bucket.
+    forwarding: tokio::sync::Mutex<()>,
+}
+
+/// Where a part of an upload the gateway owns goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartRoute {
+    /// Into the journal ([`Tier::upload_part`]).
+    Journal,
+    /// To the bucket, as a part of its upload of this id (the upload was moved there).
+    Bucket(String),
 }
 
 impl Uploads {
@@ -165,8 +178,12 @@ pub(crate) fn split_replay(records: Vec<Replayed>) -> Replay {
         }
     }
     let mut orphans = Vec::new();
+    let mut forwards = Vec::new();
     for r in records {
         match &r.header.kind {
+            RecordKind::Forwarded { id, bucket_id } => {
+                forwards.push((id.clone(), bucket_id.clone(), r.header.seq));
+            }
             RecordKind::Put | RecordKind::Delete | RecordKind::Assembled { .. } => writes.push(r),
             RecordKind::Upload { id } if assembled_uploads.contains(id) => {}
             RecordKind::Upload { id } => {
@@ -179,6 +196,7 @@ pub(crate) fn split_replay(records: Vec<Replayed>) -> Replay {
                         seq: r.header.seq,
                         initiated_ms: r.header.meta.last_modified_ms,
                         parts: BTreeMap::new(),
+                        forwarded: None,
                     },
                 );
             }
@@ -197,11 +215,19 @@ pub(crate) fn split_replay(records: Vec<Replayed>) -> Replay {
             }
         }
     }
+    for (id, bucket_id, seq) in forwards {
+        match uploads.get_mut(&id) {
+            Some(u) => u.forwarded = Some((bucket_id, seq)),
+            None => orphans.push(seq),
+        }
+    }
     for p in parts {
         let RecordKind::Part { id, number } = &p.header.kind else {
             continue;
         };
         match uploads.get_mut(id) {
+            // Its parts are the bucket's; a crash kept these after the move.
+            Some(u) if u.forwarded.is_some() => orphans.push(p.header.seq),
             Some(u) => {
                 let old = u.parts.insert(
                     *number,
@@ -291,12 +317,140 @@ impl Tier {
                 meta,
                 seq: header.seq,
                 parts: BTreeMap::new(),
+                forwarded: None,
             },
         );
         self.metrics
             .multipart_uploads
             .set(self.uploads.len() as i64);
         Ok(Some(id))
+    }
+
+    /// Where part `number` (`size` bytes) of upload `id` goes: the journal, or — when the
+    /// journal has no room for it now — the bucket: the upload is moved there first (an upload
+    /// opened in the bucket with the object's metadata, the parts journaled so far sent to it,
+    /// a `Forwarded` record fsynced, their records removed), and every later call for it is
+    /// the bucket's. Parts then go straight to the bucket instead of waiting for journal space
+    /// they may never get (an upload larger than the journal). If the bucket cannot take the
+    /// upload either, the part gets 503 SlowDown.
+    pub async fn route_part(
+        &self,
+        id: &str,
+        bucket: &str,
+        key: &str,
+        size: u64,
+    ) -> Result<PartRoute, TierError> {
+        if let Some(to) = self.forwarded(id, bucket, key)? {
+            return Ok(PartRoute::Bucket(to));
+        }
+        if self.journal.free() >= size {
+            return Ok(PartRoute::Journal);
+        }
+        let _moving = self.uploads.forwarding.lock().await;
+        if let Some(to) = self.forwarded(id, bucket, key)? {
+            return Ok(PartRoute::Bucket(to));
+        }
+        let (meta, parts) = {
+            let uploads = self.uploads.lock();
+            let u = uploads.get(id).ok_or_else(|| no_such_upload(id))?;
+            let parts: Vec<(u32, u64, u64)> =
+                u.parts.iter().map(|(n, p)| (*n, p.seq, p.size)).collect();
+            (u.meta.clone(), parts)
+        };
+        let full = |why: String| {
+            tracing::warn!(
+                bucket,
+                key,
+                id,
+                why,
+                "cannot move a multipart upload the journal cannot hold to the bucket"
+            );
+            self.metrics.slowdowns.inc();
+            TierError::JournalFull {
+                used: self.journal.used(),
+                capacity: self.cfg.journal_capacity.as_u64(),
+                waited: Duration::ZERO,
+            }
+        };
+        let to = self
+            .persister
+            .forward_upload(bucket, key, &meta, &parts)
+            .await
+            .map_err(|e| full(e.to_string()))?;
+        let header = RecordHeader {
+            seq: self.journal.next_seq(),
+            kind: RecordKind::Forwarded {
+                id: id.to_owned(),
+                bucket_id: to.clone(),
+            },
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            size: 0,
+            meta: ObjectMeta::default(),
+        };
+        if let Err(e) = self.journal.write_empty(&header).await {
+            self.persister.abort_upload(bucket, key, &to).await;
+            return Err(e.into());
+        }
+        let moved: Vec<u64> = {
+            let mut uploads = self.uploads.lock();
+            match uploads.get_mut(id) {
+                Some(u) => {
+                    u.forwarded = Some((to.clone(), header.seq));
+                    std::mem::take(&mut u.parts)
+                        .into_values()
+                        .map(|p| p.seq)
+                        .collect()
+                }
+                None => Vec::new(),
+            }
+        };
+        remove_all(&self.journal, moved).await;
+        self.metrics.multipart_forwarded.inc();
+        tracing::info!(bucket, key, id, bucket_upload = %to, "multipart upload moved to the bucket: the journal cannot hold its next part");
+        Ok(PartRoute::Bucket(to))
+    }
+
+    /// The bucket's upload id of upload `id`, when it was moved to the bucket.
+    pub fn forwarded(
+        &self,
+        id: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<String>, TierError> {
+        match self.uploads.lock().get(id) {
+            Some(u) if u.bucket == bucket && u.key == key => {
+                Ok(u.forwarded.as_ref().map(|(to, _)| to.clone()))
+            }
+            _ => Err(no_such_upload(id)),
+        }
+    }
+
+    /// The bucket's upload ids of the uploads moved there (ListMultipartUploads shows them
+    /// under the gateway's ids).
+    pub fn forwarded_ids(&self) -> HashSet<String> {
+        self.uploads
+            .lock()
+            .values()
+            .filter_map(|u| u.forwarded.as_ref().map(|(to, _)| to.clone()))
+            .collect()
+    }
+
+    /// Forgets upload `id`, moved to the bucket, once the bucket completed or aborted it.
+    pub async fn forget_upload(&self, id: &str) {
+        let removed = self.uploads.lock().remove(id);
+        self.metrics
+            .multipart_uploads
+            .set(self.uploads.len() as i64);
+        if let Some(u) = removed {
+            let seqs = u
+                .forwarded
+                .iter()
+                .map(|(_, seq)| *seq)
+                .chain([u.seq])
+                .collect();
+            remove_all(&self.journal, seqs).await;
+        }
     }
 
     fn check_upload(&self, id: &str, bucket: &str, key: &str) -> Result<(), TierError> {
@@ -439,6 +593,10 @@ impl Tier {
         let upload = {
             let mut uploads = self.uploads.lock();
             let u = uploads.get(id).ok_or_else(|| no_such_upload(id))?;
+            if u.forwarded.is_some() {
+                // The bucket's to complete (the gateway routes it there).
+                return Err(no_such_upload(id));
+            }
             validate(u, parts)?;
             uploads.remove(id).ok_or_else(|| no_such_upload(id))?
         };
@@ -585,7 +743,7 @@ impl Tier {
         });
     }
 
-    /// Aborts upload `id`: its parts are removed.
+    /// Aborts upload `id`: its parts are removed (in the bucket too, if it was moved there).
     pub async fn abort_upload(&self, id: &str, bucket: &str, key: &str) -> Result<(), TierError> {
         self.check_upload(id, bucket, key)?;
         let upload = self
@@ -596,10 +754,14 @@ impl Tier {
         self.metrics
             .multipart_uploads
             .set(self.uploads.len() as i64);
+        if let Some((to, _)) = &upload.forwarded {
+            self.persister.abort_upload(bucket, key, to).await;
+        }
         let seqs = upload
             .parts
             .values()
             .map(|p| p.seq)
+            .chain(upload.forwarded.iter().map(|(_, seq)| *seq))
             .chain([upload.seq])
             .collect();
         remove_all(&self.journal, seqs).await;
@@ -759,6 +921,7 @@ mod tests {
             meta: ObjectMeta::default(),
             seq: 1,
             initiated_ms: 0,
+            forwarded: None,
             parts: parts
                 .iter()
                 .map(|(n, size, etag)| {

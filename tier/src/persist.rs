@@ -33,6 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use super::error::BackendError;
 use super::journal::{Journal, RecordHeader, RecordKind, Reservation};
+use super::meta::ObjectMeta;
 
 /// First retry delay after a failed upload.
 pub const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -739,7 +740,9 @@ impl Persister {
                 self.put_multipart(h, &key, &spans).await
             }
             // Not key writes: never given to the persister.
-            RecordKind::Upload { .. } | RecordKind::Part { .. } => Ok(()),
+            RecordKind::Upload { .. } | RecordKind::Part { .. } | RecordKind::Forwarded { .. } => {
+                Ok(())
+            }
         }
     }
 
@@ -785,61 +788,21 @@ impl Persister {
             .map_err(|e| classify(&e))
     }
 
+    /// Record `h`'s bytes as a multipart upload completed in the bucket, in `spans`
+    /// (`(offset, length)` of parts 1, 2, ... in order).
     async fn put_multipart(
         &self,
         h: &RecordHeader,
         key: &str,
         spans: &[(u64, u64)],
     ) -> Result<(), Failure> {
-        let m = &h.meta;
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&h.bucket)
-            .key(key)
-            .set_content_type(m.content_type.clone())
-            .set_content_encoding(m.content_encoding.clone())
-            .set_content_disposition(m.content_disposition.clone())
-            .set_content_language(m.content_language.clone())
-            .set_cache_control(m.cache_control.clone())
-            .set_expires(parse_http_date(m.expires.as_deref()))
-            .set_website_redirect_location(m.website_redirect_location.clone())
-            .set_metadata(Some(m.metadata.clone().into_iter().collect()))
-            .set_tagging(m.tagging.clone())
-            .set_storage_class(m.storage_class.as_deref().map(Into::into))
-            .customize()
-            .config_override(self.limits(0))
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| Failure::Transient("the bucket gave no upload id".into()))?
-            .to_owned();
+        let upload_id = self.open_upload(&h.bucket, key, &h.meta).await?;
         let result = async {
             let mut parts = Vec::new();
             for (n, &(offset, len)) in (1i32..).zip(spans) {
-                let data = self.read_range(h.seq, offset, len).await?;
-                let r = self
-                    .client
-                    .upload_part()
-                    .bucket(&h.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(n)
-                    .content_length(i64::try_from(len).unwrap_or(i64::MAX))
-                    .content_md5(content_md5(&data))
-                    .body(ByteStream::from(data))
-                    .customize()
-                    .config_override(self.limits(len))
-                    .send()
-                    .await
-                    .map_err(|e| classify(&e))?;
                 parts.push(
-                    CompletedPart::builder()
-                        .part_number(n)
-                        .set_e_tag(r.e_tag().map(str::to_owned))
-                        .build(),
+                    self.send_part(&h.bucket, key, &upload_id, n, h.seq, offset, len)
+                        .await?,
                 );
             }
             self.client
@@ -861,18 +824,116 @@ impl Persister {
         }
         .await;
         if result.is_err() {
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&h.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .customize()
-                .config_override(self.limits(0))
-                .send()
-                .await;
+            self.abort_upload(&h.bucket, key, &upload_id).await;
         }
         result
+    }
+
+    /// Opens a multipart upload in the bucket for an object with `meta`: its upload id.
+    async fn open_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        m: &ObjectMeta,
+    ) -> Result<String, Failure> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .set_content_type(m.content_type.clone())
+            .set_content_encoding(m.content_encoding.clone())
+            .set_content_disposition(m.content_disposition.clone())
+            .set_content_language(m.content_language.clone())
+            .set_cache_control(m.cache_control.clone())
+            .set_expires(parse_http_date(m.expires.as_deref()))
+            .set_website_redirect_location(m.website_redirect_location.clone())
+            .set_metadata(Some(m.metadata.clone().into_iter().collect()))
+            .set_tagging(m.tagging.clone())
+            .set_storage_class(m.storage_class.as_deref().map(Into::into))
+            .customize()
+            .config_override(self.limits(0))
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        created
+            .upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| Failure::Transient("the bucket gave no upload id".into()))
+    }
+
+    /// Sends `len` bytes at `offset` of journal record `seq` as part `n` of the bucket's upload.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        n: i32,
+        seq: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<CompletedPart, Failure> {
+        let data = self.read_range(seq, offset, len).await?;
+        let r = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(n)
+            .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+            .content_md5(content_md5(&data))
+            .body(ByteStream::from(data))
+            .customize()
+            .config_override(self.limits(len))
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(CompletedPart::builder()
+            .part_number(n)
+            .set_e_tag(r.e_tag().map(str::to_owned))
+            .build())
+    }
+
+    /// Aborts the bucket's upload `upload_id` (best effort: the bucket's lifecycle rules clean
+    /// up what this misses).
+    pub(crate) async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) {
+        let _ = self
+            .client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(crate::backend::sdk_key(key))
+            .upload_id(upload_id)
+            .customize()
+            .config_override(self.limits(0))
+            .send()
+            .await;
+    }
+
+    /// Moves a multipart upload the gateway owns to the bucket: opens one there with `meta`
+    /// and sends it `parts` (`(number, record)`, each part's bytes a whole journal record of
+    /// `size`). Returns the bucket's upload id; on failure nothing is left open in the bucket.
+    pub(crate) async fn forward_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: &ObjectMeta,
+        parts: &[(u32, u64, u64)],
+    ) -> Result<String, Failure> {
+        let sdk_key = crate::backend::sdk_key(key);
+        let upload_id = self.open_upload(bucket, &sdk_key, meta).await?;
+        for &(n, seq, size) in parts {
+            let n = i32::try_from(n).unwrap_or(i32::MAX);
+            if let Err(e) = self
+                .send_part(bucket, &sdk_key, &upload_id, n, seq, 0, size)
+                .await
+            {
+                self.abort_upload(bucket, key, &upload_id).await;
+                return Err(e);
+            }
+        }
+        Ok(upload_id)
     }
 
     /// Logs what a restart found.

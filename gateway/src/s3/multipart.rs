@@ -18,7 +18,7 @@ use super::list::{ListEncoding, encode_opt};
 use super::put::{body_length, strip_aws_chunked};
 use super::{S3Handler, proxied, tiered};
 use crate::error::tier_error;
-use tier::{CompletedPartRef, Tier};
+use tier::{CompletedPartRef, PartRoute, Tier};
 
 /// The tier, for an upload id the gateway issued (its uploads need the tier).
 fn owner<'a>(gw: &'a S3Handler, upload_id: &str) -> S3Result<Option<&'a std::sync::Arc<Tier>>> {
@@ -103,6 +103,15 @@ pub(super) async fn upload_part(
             "Part number must be an integer between 1 and 10000, inclusive"
         )
     })?;
+    let route = tier
+        .route_part(&req.input.upload_id, &req.input.bucket, &req.input.key, len)
+        .await
+        .map_err(tier_error)?;
+    if let PartRoute::Bucket(to) = route {
+        // Moved to the bucket: the journal cannot hold it.
+        req.input.upload_id = to;
+        return proxied!(uploads: gw, upload_part, keyed req, UploadPartError);
+    }
     let check = BodyCheck::for_part(&req.input, &req.headers, req.trailing_headers.clone());
     let body = req
         .input
@@ -135,6 +144,18 @@ pub(super) async fn upload_part_copy(
     mut req: S3Request<UploadPartCopyInput>,
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
     let owned = owner(gw, &req.input.upload_id)?;
+    if let Some(tier) = owned
+        && let Some(to) = tier
+            .forwarded(&req.input.upload_id, &req.input.bucket, &req.input.key)
+            .map_err(tier_error)?
+    {
+        // Moved to the bucket: its parts are the bucket's.
+        if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
+            gw.flushed(bucket, &[key.as_ref()]).await?;
+        }
+        req.input.upload_id = to;
+        return proxied!(uploads: gw, upload_part_copy, keyed req, UploadPartCopyError);
+    }
     // Into an upload the gateway owns, from a source the tier holds: no bucket involved.
     if let Some(tier) = owned
         && let Some(src) = super::copy::held_source(tier, &req.input.copy_source)
@@ -295,9 +316,20 @@ async fn copy_into_owned_part(
 /// bucket first, and the tier forgets the key (a later read admits the new object).
 pub(super) async fn complete_multipart_upload(
     gw: &S3Handler,
-    req: S3Request<CompleteMultipartUploadInput>,
+    mut req: S3Request<CompleteMultipartUploadInput>,
 ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-    if let Some(tier) = owner(gw, &req.input.upload_id)? {
+    let mut moved = None;
+    if let Some(tier) = owner(gw, &req.input.upload_id)?
+        && let Some(to) = tier
+            .forwarded(&req.input.upload_id, &req.input.bucket, &req.input.key)
+            .map_err(tier_error)?
+    {
+        // Moved to the bucket: the bucket completes it.
+        moved = Some((
+            tier.clone(),
+            std::mem::replace(&mut req.input.upload_id, to),
+        ));
+    } else if let Some(tier) = owner(gw, &req.input.upload_id)? {
         let input = &req.input;
         let parts: Vec<CompletedPartRef> = input
             .multipart_upload
@@ -336,16 +368,21 @@ pub(super) async fn complete_multipart_upload(
         }));
     }
     let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
-    gw.write_through(&bucket, &key, || async move {
-        let mut req = req;
-        proxied!(
-            uploads: gw,
-            complete_multipart_upload,
-            keyed req,
-            CompleteMultipartUploadError
-        )
-    })
-    .await
+    let done = gw
+        .write_through(&bucket, &key, || async move {
+            let mut req = req;
+            proxied!(
+                uploads: gw,
+                complete_multipart_upload,
+                keyed req,
+                CompleteMultipartUploadError
+            )
+        })
+        .await?;
+    if let Some((tier, id)) = moved {
+        tier.forget_upload(&id).await;
+    }
+    Ok(done)
 }
 
 pub(super) async fn abort_multipart_upload(
@@ -369,6 +406,17 @@ pub(super) async fn list_parts(
     let Some(tier) = owner(gw, &req.input.upload_id)? else {
         return proxied!(gw, list_parts, keyed req, ListPartsError);
     };
+    if let Some(to) = tier
+        .forwarded(&req.input.upload_id, &req.input.bucket, &req.input.key)
+        .map_err(tier_error)?
+    {
+        let id = std::mem::replace(&mut req.input.upload_id, to);
+        let key = req.input.key.clone();
+        let mut resp = proxied!(gw, list_parts, keyed req, ListPartsError)?;
+        resp.output.upload_id = Some(id);
+        resp.output.key = Some(key);
+        return Ok(resp);
+    }
     let input = &req.input;
     let (info, parts) = tier
         .list_parts(&input.upload_id, &input.bucket, &input.key)
@@ -414,6 +462,11 @@ pub(super) async fn list_multipart_uploads(
     mut req: S3Request<ListMultipartUploadsInput>,
 ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
     let enc = ListEncoding::take(&mut req.input.encoding_type);
+    let moved = gw
+        .tier
+        .as_ref()
+        .map(|t| t.forwarded_ids())
+        .unwrap_or_default();
     let mine = match &gw.tier {
         Some(t) if req.input.key_marker.is_none() && req.input.upload_id_marker.is_none() => {
             t.uploads_under(&req.input.bucket, req.input.prefix.as_deref().unwrap_or(""))
@@ -422,7 +475,11 @@ pub(super) async fn list_multipart_uploads(
     };
     let mut resp = proxied!(gw, list_multipart_uploads, req, ListMultipartUploadsError)?;
     let out = &mut resp.output;
-    // The gateway's own uploads first (on the first page), then the bucket's.
+    // The gateway's own uploads first (on the first page), then the bucket's (those it holds
+    // for uploads the gateway moved there are listed under the gateway's ids).
+    if let Some(uploads) = out.uploads.as_mut() {
+        uploads.retain(|u| u.upload_id.as_ref().is_none_or(|id| !moved.contains(id)));
+    }
     if !mine.is_empty() {
         let mut uploads: Vec<MultipartUpload> = mine
             .into_iter()
