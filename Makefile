@@ -59,11 +59,12 @@ $(VENV)/.installed: $(REQUIREMENTS)
 	$(VENV)/bin/pip install --quiet --no-deps cargo-lambda==1.9.2
 	touch $@
 
-## bench: GET throughput of the tier against Redis, the backing store and the loopback ceiling
-bench:
+## bench: GET throughput of the tier against Redis, the backing store and the loopback ceiling,
+## then whole clients (aws s3 cp, s5cmd cp) up and down against the store directly
+bench: venv
 	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian)"; $(call APT_INSTALL,redis-server); }
 	$(CARGO) build --release --bins
-	./target/release/bench --out target/bench $(BENCH_ARGS)
+	E2E_VENV=$(VENV) ./target/release/bench --out target/bench $(BENCH_ARGS)
 
 ## soak: clients writing and reading while functions are killed, then every key checked
 ## (SOAK_ARGS="--minutes 10 --clients 32 --kill-every 10"; report in target/soak/soak.json)

@@ -9,6 +9,11 @@
 //!
 //! Prints a table of MB/s and the hit's ratios to each baseline, writes `bench-get.png` and
 //! `bench-get.json` to `--out` (default `target/bench`). Run with the release build.
+//!
+//! With the test virtualenv (`E2E_VENV`: the aws CLI and s5cmd), whole-client rows follow
+//! (`bench-clients.json`): `aws s3 cp` and `s5cmd cp` of one object (`--client-mib`, default
+//! 1024) up and down through the gateway against the same client on the backing store directly,
+//! the store throttled to an S3-like profile (20 ms to the first byte, 40 MB/s per connection).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -329,6 +334,151 @@ fn recovery_bench(held_mib: usize, parallelism: &[usize]) {
     }
 }
 
+/// One whole-client measurement: the same command against the store and the gateway.
+struct ClientRow {
+    what: String,
+    direct: f64,
+    gateway: f64,
+}
+
+/// Runs a client command with the credentials of its endpoint; its wall time.
+fn timed(mut cmd: Command, what: &str) -> Duration {
+    let start = Instant::now();
+    let out = cmd
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed()
+}
+
+/// `aws s3 cp` and `s5cmd cp` of one `size`-byte object, up and down, direct vs the gateway.
+fn clients_bench(venv: &std::path::Path, size: usize, out: &std::path::Path) -> Vec<ClientRow> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let backend_port = free_port();
+    let gw = GatewayProc::start_with(
+        "bench_clients",
+        &Backend::Embedded,
+        GatewayOptions {
+            env: vec![
+                (
+                    "GATEWAY_EMBEDDED_LISTEN".into(),
+                    format!("127.0.0.1:{backend_port}"),
+                ),
+                ("RUST_LOG".into(), "warn".into()),
+            ],
+            config: Some(
+                "[tier]\njournal_capacity = \"8GiB\"\n\n[embedded]\nfirst_byte_latency = \"20ms\"\nbandwidth_per_connection = \"40MB\"\n".into(),
+            ),
+            ..Default::default()
+        },
+    );
+    let direct_url = format!("http://127.0.0.1:{backend_port}");
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src.bin");
+    std::fs::write(&src, payload(size, 77)).expect("write");
+    let dst = work.path().join("dst.bin");
+    rt.block_on(async {
+        gw.client()
+            .create_bucket()
+            .bucket("clients")
+            .send()
+            .await
+            .expect("bucket");
+    });
+    let endpoint = |direct: bool| {
+        if direct {
+            (direct_url.clone(), BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY)
+        } else {
+            (
+                gw.endpoint.clone(),
+                integration_tests::ACCESS_KEY,
+                integration_tests::SECRET_KEY,
+            )
+        }
+    };
+    let aws = |direct: bool, args: &[&str]| {
+        let (url, ak, sk) = endpoint(direct);
+        let mut cmd = Command::new(venv.join("bin/aws"));
+        cmd.arg("--endpoint-url")
+            .arg(url)
+            .args(["s3", "cp", "--only-show-errors"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", ak)
+            .env("AWS_SECRET_ACCESS_KEY", sk);
+        cmd
+    };
+    let s5 = |direct: bool, args: &[&str]| {
+        let (url, ak, sk) = endpoint(direct);
+        let mut cmd = Command::new(venv.join("bin/s5cmd"));
+        cmd.arg("--endpoint-url")
+            .arg(url)
+            .args(["cp", "-c", "8", "-p", "8"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", ak)
+            .env("AWS_SECRET_ACCESS_KEY", sk);
+        cmd
+    };
+    let wait_clean = || {
+        while gw.metric("gateway_tier_dirty_objects") > 0.0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let src_s = src.to_str().expect("path").to_owned();
+    let dst_s = dst.to_str().expect("path").to_owned();
+    let mut rows = Vec::new();
+    let mut row = |what: &str, direct: Duration, gateway: Duration| {
+        let r = ClientRow {
+            what: what.to_owned(),
+            direct: mbps(size, direct),
+            gateway: mbps(size, gateway),
+        };
+        eprintln!(
+            "{what}: direct {:.0} MB/s, gateway {:.0} MB/s",
+            r.direct, r.gateway
+        );
+        rows.push(r);
+    };
+    // Uploads: the gateway acknowledges from the journal and function memory (write-back).
+    let up_direct = timed(aws(true, &[&src_s, "s3://clients/aws-direct"]), "aws cp up");
+    let up_gw = timed(aws(false, &[&src_s, "s3://clients/aws"]), "aws cp up");
+    wait_clean();
+    row("aws s3 cp upload", up_direct, up_gw);
+    let up_direct = timed(s5(true, &[&src_s, "s3://clients/s5-direct"]), "s5cmd up");
+    let up_gw = timed(s5(false, &[&src_s, "s3://clients/s5"]), "s5cmd up");
+    wait_clean();
+    row("s5cmd cp upload", up_direct, up_gw);
+    // Downloads of what the tier holds (placed in memory after the upload).
+    while gw.metric("gateway_tier_admitted_total") < 2.0 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let down_direct = timed(aws(true, &["s3://clients/aws", &dst_s]), "aws cp down");
+    let down_gw = timed(aws(false, &["s3://clients/aws", &dst_s]), "aws cp down");
+    row("aws s3 cp download", down_direct, down_gw);
+    let down_direct = timed(s5(true, &["s3://clients/s5", &dst_s]), "s5cmd down");
+    let down_gw = timed(s5(false, &["s3://clients/s5", &dst_s]), "s5cmd down");
+    row("s5cmd cp download", down_direct, down_gw);
+    let json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!({"what": r.what, "size_mib": size / MIB, "direct": r.direct, "gateway": r.gateway}))
+        .collect();
+    std::fs::write(
+        out.join("bench-clients.json"),
+        serde_json::to_vec_pretty(&json).expect("json"),
+    )
+    .expect("write json");
+    rows
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--loopback-source") {
@@ -344,11 +494,18 @@ fn main() {
     }
     let mut out = PathBuf::from("target/bench");
     let mut sizes = vec![MIB, 16 * MIB, 100 * MIB, 1024 * MIB];
+    let mut client_mib = 1024usize;
+    let mut clients_only = false;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
             "--out" => {
                 out = PathBuf::from(&args[i + 1]);
+                i += 1;
+            }
+            "--clients-only" => clients_only = true,
+            "--client-mib" => {
+                client_mib = args[i + 1].parse().expect("size");
                 i += 1;
             }
             "--sizes-mib" => {
@@ -358,11 +515,17 @@ fn main() {
                     .collect();
                 i += 1;
             }
-            other => panic!("unknown argument {other}; use --out DIR, --sizes-mib 1,16,100,1024"),
+            other => panic!(
+                "unknown argument {other}; use --out DIR, --sizes-mib 1,16,100,1024, --client-mib 1024, --clients-only"
+            ),
         }
         i += 1;
     }
     std::fs::create_dir_all(&out).expect("out dir");
+    if clients_only {
+        print_clients(&out, client_mib);
+        return;
+    }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let redis = start_redis();
     let backend_port = free_port();
@@ -501,4 +664,32 @@ fn main() {
     }
     drop(gw);
     drop(redis);
+    print_clients(&out, client_mib);
+}
+
+/// The whole-client rows, when the test virtualenv is there.
+fn print_clients(out: &std::path::Path, client_mib: usize) {
+    let Some(venv) = integration_tests::venv() else {
+        eprintln!("no test virtualenv (E2E_VENV): whole-client rows skipped");
+        return;
+    };
+    if client_mib == 0 {
+        return;
+    }
+    eprintln!("whole clients, {client_mib} MiB ...");
+    let rows = clients_bench(&venv, client_mib * MIB, out);
+    println!(
+        "\nWhole clients, one {client_mib} MiB object, MB/s (the store throttled S3-like: 20 ms to the first byte, 40 MB/s per connection)\n"
+    );
+    println!("| client | direct | gateway | gateway/direct |");
+    println!("|---|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2}x |",
+            r.what,
+            r.direct,
+            r.gateway,
+            r.gateway / r.direct
+        );
+    }
 }
