@@ -464,6 +464,11 @@ fn rclone_copy_check_server_side_copy_sync_delete() {
     copy.push(&dst);
     copy.extend(multipart);
     rclone.ok(&copy);
+    assert_eq!(
+        gw.metric("gateway_tier_multipart_completed_total"),
+        1.0,
+        "big.bin's multipart upload was written back"
+    );
     // `check` compares sizes and MD5s of every file (--download: the bytes themselves too).
     rclone.ok(&["check", dir.to_str().unwrap(), &dst]);
     rclone.ok(&["check", "--download", dir.to_str().unwrap(), &dst]);
