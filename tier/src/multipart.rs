@@ -392,20 +392,27 @@ impl Tier {
             self.persister.abort_upload(bucket, key, &to).await;
             return Err(e.into());
         }
-        let moved: Vec<u64> = {
+        let moved: Vec<(u32, StoredPart)> = {
             let mut uploads = self.uploads.lock();
             match uploads.get_mut(id) {
                 Some(u) => {
                     u.forwarded = Some((to.clone(), header.seq));
-                    std::mem::take(&mut u.parts)
-                        .into_values()
-                        .map(|p| p.seq)
-                        .collect()
+                    std::mem::take(&mut u.parts).into_iter().collect()
                 }
                 None => Vec::new(),
             }
         };
-        remove_all(&self.journal, moved).await;
+        // Parts that arrived while the others were sent go too.
+        let sent: HashSet<u64> = parts.iter().map(|(_, seq, _)| *seq).collect();
+        for (n, p) in &moved {
+            if !sent.contains(&p.seq) {
+                self.persister
+                    .send_journaled_part(bucket, key, &to, *n, p.seq, p.size)
+                    .await
+                    .map_err(|e| full(e.to_string()))?;
+            }
+        }
+        remove_all(&self.journal, moved.iter().map(|(_, p)| p.seq).collect()).await;
         self.metrics.multipart_forwarded.inc();
         tracing::info!(bucket, key, id, bucket_upload = %to, "multipart upload moved to the bucket: the journal cannot hold its next part");
         Ok(PartRoute::Bucket(to))
@@ -557,14 +564,32 @@ impl Tier {
         let replaced = {
             let mut uploads = self.uploads.lock();
             match uploads.get_mut(id) {
-                Some(u) => Ok(u.parts.insert(number, part)),
+                Some(u) if u.forwarded.is_none() => Ok(u.parts.insert(number, part)),
+                // Moved to the bucket while this part was sent: it goes there too.
+                Some(u) => Err((part, u.forwarded.as_ref().map(|(to, _)| to.clone()))),
                 // Completed or aborted while the part was sent.
-                None => Err(part),
+                None => Err((part, None)),
             }
         };
         match replaced {
             Ok(old) => remove_all(&self.journal, old.map(|p| p.seq).into_iter().collect()).await,
-            Err(part) => {
+            Err((part, Some(to))) => {
+                let sent = self
+                    .persister
+                    .send_journaled_part(bucket, key, &to, number, part.seq, part.size)
+                    .await;
+                remove_all(&self.journal, vec![part.seq]).await;
+                if let Err(e) = sent {
+                    tracing::warn!(bucket, key, id, error = %e, "a part for an upload moved to the bucket did not reach it");
+                    self.metrics.slowdowns.inc();
+                    return Err(TierError::JournalFull {
+                        used: self.journal.used(),
+                        capacity: self.cfg.journal_capacity.as_u64(),
+                        waited: Duration::ZERO,
+                    });
+                }
+            }
+            Err((part, None)) => {
                 remove_all(&self.journal, vec![part.seq]).await;
                 return Err(no_such_upload(id));
             }

@@ -911,6 +911,24 @@ impl Persister {
             .await;
     }
 
+    /// Sends journal record `seq` (`size` bytes) as part `n` of the bucket's upload
+    /// `upload_id`.
+    pub(crate) async fn send_journaled_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        n: u32,
+        seq: u64,
+        size: u64,
+    ) -> Result<(), Failure> {
+        let sdk_key = crate::backend::sdk_key(key);
+        let n = i32::try_from(n).unwrap_or(i32::MAX);
+        self.send_part(bucket, &sdk_key, upload_id, n, seq, 0, size)
+            .await
+            .map(|_| ())
+    }
+
     /// Moves a multipart upload the gateway owns to the bucket: opens one there with `meta`
     /// and sends it `parts` (`(number, record)`, each part's bytes a whole journal record of
     /// `size`). Returns the bucket's upload id; on failure nothing is left open in the bucket.
