@@ -683,6 +683,19 @@ impl Seaweed {
     }
 }
 
+/// Records in the write-back journal of a gateway whose data directory is `data_dir`.
+pub fn journal_records(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("journal"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".rec"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
 /// The whole object, or the S3 error code of the failure.
 pub async fn get_bytes(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
     use aws_sdk_s3::error::ProvideErrorMetadata;

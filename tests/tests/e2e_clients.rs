@@ -577,18 +577,8 @@ fn aws_cli_upload_is_acknowledged_with_the_bucket_hung() {
     );
     assert_eq!(gw.metric("gateway_tier_multipart_completed_total"), 1.0);
     assert!(gw.metric("gateway_tier_dirty_bytes") >= (64 << 20) as f64);
-    let records = std::fs::read_dir(data_dir.path().join("journal"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".rec")
-        })
-        .count();
     assert_eq!(
-        records,
+        integration_tests::journal_records(data_dir.path()),
         1 + 8 + 1,
         "the upload, its 8 parts, the completion"
     );

@@ -530,38 +530,13 @@ async fn acknowledged_writes_survive_kill_9_of_everything() {
     assert!(get_bytes(&direct, &bucket, "mp/done").await.ok() == Some(done_data));
     // The open upload is still there, with its parts, and can be completed.
     let c = gw.client();
-    let uploads = c
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        uploads
-            .uploads()
-            .iter()
-            .map(|u| (
-                u.key().unwrap_or_default(),
-                u.upload_id().unwrap_or_default()
-            ))
-            .collect::<Vec<_>>(),
-        [("mp/open", open_id.as_str())]
+        open_uploads(&c, &bucket).await,
+        [("mp/open".to_owned(), open_id.clone())]
     );
-    let listed = c
-        .list_parts()
-        .bucket(&bucket)
-        .key("mp/open")
-        .upload_id(&open_id)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        listed
-            .parts()
-            .iter()
-            .map(|p| (p.part_number(), p.size()))
-            .collect::<Vec<_>>(),
-        [(Some(1), Some(5 << 20)), (Some(2), Some(300_000))]
+        part_sizes(&c, &bucket, "mp/open", &open_id).await,
+        [(1, 5 << 20), (2, 300_000)]
     );
     let etag = complete(&c, &bucket, "mp/open", &open_id, &open_parts)
         .await
@@ -627,6 +602,41 @@ async fn upload_parts(
         all.extend_from_slice(&data);
     }
     (id, parts, all)
+}
+
+/// ListMultipartUploads: (key, upload id) of each.
+async fn open_uploads(c: &Client, bucket: &str) -> Vec<(String, String)> {
+    let out = c
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    out.uploads()
+        .iter()
+        .map(|u| {
+            (
+                u.key().unwrap_or_default().to_owned(),
+                u.upload_id().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// ListParts: (number, size) of each part.
+async fn part_sizes(c: &Client, bucket: &str, key: &str, id: &str) -> Vec<(i32, i64)> {
+    let out = c
+        .list_parts()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(id)
+        .send()
+        .await
+        .unwrap();
+    out.parts()
+        .iter()
+        .map(|p| (p.part_number().unwrap_or(0), p.size().unwrap_or(-1)))
+        .collect()
 }
 
 /// Completes an upload: its ETag, or the S3 error code.
@@ -1177,28 +1187,14 @@ async fn an_upload_larger_than_the_journal_moves_to_the_bucket() {
         upload_parts(&c, &bucket, "big", &[5 << 20, 5 << 20, 5 << 20, 1 << 20], 9).await;
     assert!(id.starts_with("gw-"));
     assert_eq!(gw.metric("gateway_tier_multipart_forwarded_total"), 1.0);
-    let listed = c
-        .list_parts()
-        .bucket(&bucket)
-        .key("big")
-        .upload_id(&id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(listed.parts().len(), 4, "the bucket has every part");
-    let uploads = c
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        uploads
-            .uploads()
-            .iter()
-            .filter_map(|u| u.upload_id())
-            .collect::<Vec<_>>(),
-        [id.as_str()],
+        part_sizes(&c, &bucket, "big", &id).await.len(),
+        4,
+        "the bucket has every part"
+    );
+    assert_eq!(
+        open_uploads(&c, &bucket).await,
+        [("big".to_owned(), id.clone())],
         "listed once, under the gateway's id"
     );
     let etag = complete(&c, &bucket, "big", &id, &parts)
@@ -1213,15 +1209,9 @@ async fn an_upload_larger_than_the_journal_moves_to_the_bucket() {
     );
     assert!(get_bytes(&direct, &bucket, "big").await.ok() == Some(data));
     assert_eq!(gw.metric("gateway_tier_multipart_uploads"), 0.0);
-    let left = std::fs::read_dir(data_dir.path().join("journal"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".rec")
-        })
-        .count();
-    assert_eq!(left, 0, "nothing left in the journal");
+    assert_eq!(
+        integration_tests::journal_records(data_dir.path()),
+        0,
+        "nothing left in the journal"
+    );
 }

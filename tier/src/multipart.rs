@@ -500,21 +500,8 @@ impl Tier {
         let streamed: Result<(), TierError> = async {
             while let Some(frame) = body.next().await {
                 let data = frame.map_err(TierError::Body)?;
-                received += data.len() as u64;
-                if received > size {
-                    return Err(TierError::BodyLength {
-                        received,
-                        declared: size,
-                    });
-                }
-                if received > space.bytes() {
-                    let want = size.min(received.saturating_add(RESERVE_STEP));
-                    self.journal
-                        .grow(&mut space, want, self.cfg.journal_wait)
-                        .await
-                        .map_err(|e| self.journal_refusal(e))?;
-                }
-                writer.write(&data).await?;
+                self.journal_frame(&data, &mut received, size, &mut space, &mut writer)
+                    .await?;
                 md5.update(&data);
                 check.update(&data);
             }

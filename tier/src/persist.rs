@@ -77,6 +77,26 @@ where
     }
 }
 
+/// Sets an object's headers (type, encoding, disposition, language, cache control, expiry,
+/// redirect, user metadata, tags, storage class) from its [`ObjectMeta`] on a PutObject or
+/// CreateMultipartUpload request (same setter names).
+macro_rules! with_object_meta {
+    ($builder:expr, $m:expr) => {{
+        let m: &ObjectMeta = $m;
+        $builder
+            .set_content_type(m.content_type.clone())
+            .set_content_encoding(m.content_encoding.clone())
+            .set_content_disposition(m.content_disposition.clone())
+            .set_content_language(m.content_language.clone())
+            .set_cache_control(m.cache_control.clone())
+            .set_expires(parse_http_date(m.expires.as_deref()))
+            .set_website_redirect_location(m.website_redirect_location.clone())
+            .set_metadata(Some(m.metadata.clone().into_iter().collect()))
+            .set_tagging(m.tagging.clone())
+            .set_storage_class(m.storage_class.as_deref().map(Into::into))
+    }};
+}
+
 /// A record the bucket refused, as the admin API lists it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeadLetter {
@@ -758,34 +778,27 @@ impl Persister {
         let data = self.read_range(h.seq, 0, h.size).await?;
         let md5 = content_md5(&data);
         let m = &h.meta;
-        self.client
-            .put_object()
-            .bucket(&h.bucket)
-            .key(key)
-            .content_length(i64::try_from(h.size).unwrap_or(i64::MAX))
-            .content_md5(md5)
-            .set_content_type(m.content_type.clone())
-            .set_content_encoding(m.content_encoding.clone())
-            .set_content_disposition(m.content_disposition.clone())
-            .set_content_language(m.content_language.clone())
-            .set_cache_control(m.cache_control.clone())
-            .set_expires(parse_http_date(m.expires.as_deref()))
-            .set_website_redirect_location(m.website_redirect_location.clone())
-            .set_metadata(Some(m.metadata.clone().into_iter().collect()))
-            .set_tagging(m.tagging.clone())
-            .set_storage_class(m.storage_class.as_deref().map(Into::into))
-            .set_checksum_crc32(m.checksums.get("CRC32").cloned())
-            .set_checksum_crc32_c(m.checksums.get("CRC32C").cloned())
-            .set_checksum_crc64_nvme(m.checksums.get("CRC64NVME").cloned())
-            .set_checksum_sha1(m.checksums.get("SHA1").cloned())
-            .set_checksum_sha256(m.checksums.get("SHA256").cloned())
-            .body(ByteStream::from(data))
-            .customize()
-            .config_override(self.limits(h.size))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(&e))
+        with_object_meta!(
+            self.client
+                .put_object()
+                .bucket(&h.bucket)
+                .key(key)
+                .content_length(i64::try_from(h.size).unwrap_or(i64::MAX))
+                .content_md5(md5),
+            m
+        )
+        .set_checksum_crc32(m.checksums.get("CRC32").cloned())
+        .set_checksum_crc32_c(m.checksums.get("CRC32C").cloned())
+        .set_checksum_crc64_nvme(m.checksums.get("CRC64NVME").cloned())
+        .set_checksum_sha1(m.checksums.get("SHA1").cloned())
+        .set_checksum_sha256(m.checksums.get("SHA256").cloned())
+        .body(ByteStream::from(data))
+        .customize()
+        .config_override(self.limits(h.size))
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| classify(&e))
     }
 
     /// Record `h`'s bytes as a multipart upload completed in the bucket, in `spans`
@@ -836,26 +849,18 @@ impl Persister {
         key: &str,
         m: &ObjectMeta,
     ) -> Result<String, Failure> {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .set_content_type(m.content_type.clone())
-            .set_content_encoding(m.content_encoding.clone())
-            .set_content_disposition(m.content_disposition.clone())
-            .set_content_language(m.content_language.clone())
-            .set_cache_control(m.cache_control.clone())
-            .set_expires(parse_http_date(m.expires.as_deref()))
-            .set_website_redirect_location(m.website_redirect_location.clone())
-            .set_metadata(Some(m.metadata.clone().into_iter().collect()))
-            .set_tagging(m.tagging.clone())
-            .set_storage_class(m.storage_class.as_deref().map(Into::into))
-            .customize()
-            .config_override(self.limits(0))
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
+        let created = with_object_meta!(
+            self.client
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(key),
+            m
+        )
+        .customize()
+        .config_override(self.limits(0))
+        .send()
+        .await
+        .map_err(|e| classify(&e))?;
         created
             .upload_id()
             .map(str::to_owned)

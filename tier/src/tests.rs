@@ -120,6 +120,12 @@ fn move_first_chunks(layout: &[Vec<u32>], to: (u32, u32)) -> Vec<Relocation> {
     ]
 }
 
+/// A tier on fresh fakes over the journal in `dir` (one life of the gateway: the functions
+/// are new and empty).
+async fn life(dir: &std::path::Path) -> Arc<Tier> {
+    tier(&config(), dir, MemoryChunks::new(), ScriptedPlacer::new(8)).await
+}
+
 /// Lets the tier's background tasks (frees, relocations, recovery) finish.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(15)).await;
@@ -355,13 +361,7 @@ fn journal_replay_keeps_each_keys_newest_record() {
     {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let t = tier(
-                &config(),
-                dir.path(),
-                MemoryChunks::new(),
-                ScriptedPlacer::new(8),
-            )
-            .await;
+            let t = life(dir.path()).await;
             put(&t, "k", &v1).await;
             put(&t, "k", &v2).await;
             put(&t, "gone", &v1).await;
@@ -375,13 +375,7 @@ fn journal_replay_keeps_each_keys_newest_record() {
     // journal (the functions are new and empty).
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let t = tier(
-            &config(),
-            dir.path(),
-            MemoryChunks::new(),
-            ScriptedPlacer::new(8),
-        )
-        .await;
+        let t = life(dir.path()).await;
         assert!(matches!(
             t.lookup("b", "gone"),
             Some(KeyState::Deleted { .. })
@@ -615,13 +609,7 @@ fn multipart_uploads_are_journaled_completed_and_survive_a_restart() {
     let open_id = {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let t = tier(
-                &config(),
-                dir.path(),
-                MemoryChunks::new(),
-                ScriptedPlacer::new(8),
-            )
-            .await;
+            let t = life(dir.path()).await;
             let id = t
                 .create_upload("b", "a", ObjectMeta::default())
                 .await
@@ -687,13 +675,7 @@ fn multipart_uploads_are_journaled_completed_and_survive_a_restart() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let t = tier(
-            &config(),
-            dir.path(),
-            MemoryChunks::new(),
-            ScriptedPlacer::new(8),
-        )
-        .await;
+        let t = life(dir.path()).await;
         assert_eq!(read(&t, "a", 0, whole_a.len() as u64).await, whole_a);
         let (info, parts) = t.list_parts(&open_id, "b", "c").unwrap();
         assert_eq!(info.key, "c");

@@ -34,6 +34,35 @@ pub trait BodyCheck: Send {
 }
 
 impl Tier {
+    /// Appends one frame of a body declared `size` bytes long to its journal record: counts
+    /// it into `received` (more than declared is the client's error) and grows `space`
+    /// [`RESERVE_STEP`] ahead of the bytes received.
+    pub(crate) async fn journal_frame(
+        &self,
+        data: &[u8],
+        received: &mut u64,
+        size: u64,
+        space: &mut super::journal::Reservation,
+        writer: &mut super::journal::RecordWriter,
+    ) -> Result<(), TierError> {
+        *received += data.len() as u64;
+        if *received > size {
+            return Err(TierError::BodyLength {
+                received: *received,
+                declared: size,
+            });
+        }
+        if *received > space.bytes() {
+            let want = size.min(received.saturating_add(RESERVE_STEP));
+            self.journal
+                .grow(space, want, self.cfg.journal_wait)
+                .await
+                .map_err(|e| self.journal_refusal(e))?;
+        }
+        writer.write(data).await?;
+        Ok(())
+    }
+
     /// A journal failure; journal space not given in time is counted as a SlowDown.
     pub(crate) fn journal_refusal(&self, e: super::journal::JournalError) -> TierError {
         let e = TierError::from(e);
@@ -118,21 +147,8 @@ impl Tier {
         let streamed: Result<[u8; 16], TierError> = async {
             while let Some(frame) = body.next().await {
                 let data = frame.map_err(TierError::Body)?;
-                received += data.len() as u64;
-                if received > size {
-                    return Err(TierError::BodyLength {
-                        received,
-                        declared: size,
-                    });
-                }
-                if received > space.bytes() {
-                    let want = size.min(received.saturating_add(RESERVE_STEP));
-                    self.journal
-                        .grow(&mut space, want, self.cfg.journal_wait)
-                        .await
-                        .map_err(|e| self.journal_refusal(e))?;
-                }
-                writer.write(&data).await?;
+                self.journal_frame(&data, &mut received, size, &mut space, &mut writer)
+                    .await?;
                 md5.update(&data);
                 check.update(&data);
                 let mut rest = &data[..];

@@ -37,6 +37,28 @@ fn enable(h: &mut ChecksumHasher, algorithm: &str) {
     }
 }
 
+/// A [`BodyCheck`] from a PutObject or UploadPart input (same field names).
+macro_rules! from_input {
+    ($input:expr, $headers:expr, $trailers:expr) => {{
+        let input = $input;
+        let declared = Checksum {
+            checksum_crc32: input.checksum_crc32.clone(),
+            checksum_crc32c: input.checksum_crc32c.clone(),
+            checksum_crc64nvme: input.checksum_crc64nvme.clone(),
+            checksum_sha1: input.checksum_sha1.clone(),
+            checksum_sha256: input.checksum_sha256.clone(),
+            ..Default::default()
+        };
+        BodyCheck::new(
+            input.checksum_algorithm.as_ref().map(|a| a.as_str()),
+            declared,
+            input.content_md5.clone(),
+            $headers,
+            $trailers,
+        )
+    }};
+}
+
 impl BodyCheck {
     /// From a PutObject request: the algorithms named by `x-amz-sdk-checksum-algorithm`,
     /// `x-amz-trailer` and any checksum header present.
@@ -45,21 +67,7 @@ impl BodyCheck {
         headers: &HeaderMap,
         trailers: Option<TrailingHeaders>,
     ) -> Self {
-        let declared = Checksum {
-            checksum_crc32: input.checksum_crc32.clone(),
-            checksum_crc32c: input.checksum_crc32c.clone(),
-            checksum_crc64nvme: input.checksum_crc64nvme.clone(),
-            checksum_sha1: input.checksum_sha1.clone(),
-            checksum_sha256: input.checksum_sha256.clone(),
-            ..Default::default()
-        };
-        Self::new(
-            input.checksum_algorithm.as_ref().map(|a| a.as_str()),
-            declared,
-            input.content_md5.clone(),
-            headers,
-            trailers,
-        )
+        from_input!(input, headers, trailers)
     }
 
     /// From an UploadPart request, as [`BodyCheck::for_put`].
@@ -68,21 +76,7 @@ impl BodyCheck {
         headers: &HeaderMap,
         trailers: Option<TrailingHeaders>,
     ) -> Self {
-        let declared = Checksum {
-            checksum_crc32: input.checksum_crc32.clone(),
-            checksum_crc32c: input.checksum_crc32c.clone(),
-            checksum_crc64nvme: input.checksum_crc64nvme.clone(),
-            checksum_sha1: input.checksum_sha1.clone(),
-            checksum_sha256: input.checksum_sha256.clone(),
-            ..Default::default()
-        };
-        Self::new(
-            input.checksum_algorithm.as_ref().map(|a| a.as_str()),
-            declared,
-            input.content_md5.clone(),
-            headers,
-            trailers,
-        )
+        from_input!(input, headers, trailers)
     }
 
     /// Checks nothing (a body the gateway read itself).

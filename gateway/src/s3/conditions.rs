@@ -30,6 +30,19 @@ macro_rules! conditions_of {
 }
 pub(super) use conditions_of;
 
+/// The four copy-source conditions of a CopyObject or UploadPartCopy input.
+macro_rules! copy_source_conditions_of {
+    ($input:expr) => {
+        $crate::s3::conditions::Conditions {
+            if_match: $input.copy_source_if_match.clone(),
+            if_none_match: $input.copy_source_if_none_match.clone(),
+            if_modified_since: $input.copy_source_if_modified_since.clone(),
+            if_unmodified_since: $input.copy_source_if_unmodified_since.clone(),
+        }
+    };
+}
+pub(super) use copy_source_conditions_of;
+
 /// What the conditions say about an object.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Outcome {

@@ -10,7 +10,7 @@ use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::check::BodyCheck;
-use super::conditions::{Conditions, Outcome};
+use super::conditions::{Conditions, Outcome, copy_source_conditions_of};
 use super::{S3Handler, proxied, tiered};
 use crate::error::tier_error;
 use tier::{CachedObject, KeyState, Range, Tier};
@@ -145,13 +145,7 @@ async fn copy_from_tier(
     input: &CopyObjectInput,
     src: std::sync::Arc<CachedObject>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {
-    let cond = Conditions {
-        if_match: input.copy_source_if_match.clone(),
-        if_none_match: input.copy_source_if_none_match.clone(),
-        if_modified_since: input.copy_source_if_modified_since.clone(),
-        if_unmodified_since: input.copy_source_if_unmodified_since.clone(),
-    };
-    check_source(&cond, &src)?;
+    check_source(&copy_source_conditions_of!(input), &src)?;
     let replace_meta = input
         .metadata_directive
         .as_ref()

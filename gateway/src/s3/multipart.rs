@@ -97,12 +97,7 @@ pub(super) async fn upload_part(
             "You must provide the Content-Length HTTP header."
         ));
     };
-    let number = u32::try_from(req.input.part_number).map_err(|_| {
-        s3s::s3_error!(
-            InvalidArgument,
-            "Part number must be an integer between 1 and 10000, inclusive"
-        )
-    })?;
+    let number = part_number(req.input.part_number)?;
     let route = tier
         .route_part(&req.input.upload_id, &req.input.bucket, &req.input.key, len)
         .await
@@ -177,28 +172,31 @@ async fn copy_held_part(
     input: &UploadPartCopyInput,
     src: std::sync::Arc<tier::CachedObject>,
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-    let cond = super::conditions::Conditions {
-        if_match: input.copy_source_if_match.clone(),
-        if_none_match: input.copy_source_if_none_match.clone(),
-        if_modified_since: input.copy_source_if_modified_since.clone(),
-        if_unmodified_since: input.copy_source_if_unmodified_since.clone(),
-    };
-    super::copy::check_source(&cond, &src)?;
-    let number = u32::try_from(input.part_number).map_err(|_| {
-        s3s::s3_error!(
-            InvalidArgument,
-            "Part number must be an integer between 1 and 10000, inclusive"
-        )
-    })?;
+    super::copy::check_source(&super::conditions::copy_source_conditions_of!(input), &src)?;
+    let number = part_number(input.part_number)?;
     let range = super::copy::source_range(input.copy_source_range.as_deref(), src.size())?;
     let body = super::copy::source_body(tier, &input.copy_source, src, range);
+    copied_part(tier, input, number, range.len(), body).await
+}
+
+/// Writes a copied part into an upload the gateway owns.
+async fn copied_part<B>(
+    tier: &Tier,
+    input: &UploadPartCopyInput,
+    number: u32,
+    len: u64,
+    body: B,
+) -> S3Result<S3Response<UploadPartCopyOutput>>
+where
+    B: futures::Stream<Item = Result<bytes::Bytes, tier::BoxError>> + Unpin + Send,
+{
     let part = tier
         .upload_part(
             &input.upload_id,
             &input.bucket,
             &input.key,
             number,
-            range.len(),
+            len,
             body,
             Box::new(BodyCheck::none()),
         )
@@ -212,6 +210,16 @@ async fn copy_held_part(
         }),
         ..Default::default()
     }))
+}
+
+/// A part number as the tier takes it (negative ones are out of S3's range).
+fn part_number(n: i32) -> S3Result<u32> {
+    u32::try_from(n).map_err(|_| {
+        s3s::s3_error!(
+            InvalidArgument,
+            "Part number must be an integer between 1 and 10000, inclusive"
+        )
+    })
 }
 
 /// UploadPartCopy into an upload the gateway owns: the source range is read from the bucket
@@ -232,12 +240,7 @@ async fn copy_into_owned_part(
             "copying a part from an access point into a write-back upload"
         ));
     };
-    let number = u32::try_from(input.part_number).map_err(|_| {
-        s3s::s3_error!(
-            InvalidArgument,
-            "Part number must be an integer between 1 and 10000, inclusive"
-        )
-    })?;
+    let number = part_number(input.part_number)?;
     let etag_condition = |e: ETagCondition| s3s_aws::conv::try_into_aws::<ETagCondition>(e).ok();
     let fmt_time = |t: &Timestamp| s3s_aws::conv::try_into_aws::<Timestamp>(t.clone()).ok();
     let out = gw
@@ -289,26 +292,7 @@ async fn copy_into_owned_part(
             .await
             .map(|r| (r.map_err(|e| Box::new(e) as tier::BoxError), b))
     });
-    let part = tier
-        .upload_part(
-            &input.upload_id,
-            &input.bucket,
-            &input.key,
-            number,
-            len,
-            Box::pin(body),
-            Box::new(BodyCheck::none()),
-        )
-        .await
-        .map_err(tier_error)?;
-    Ok(S3Response::new(UploadPartCopyOutput {
-        copy_part_result: Some(CopyPartResult {
-            e_tag: Some(ETag::Strong(part.etag)),
-            last_modified: Some(tiered::timestamp_ms(part.last_modified_ms)),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }))
+    copied_part(tier, input, number, len, Box::pin(body)).await
 }
 
 /// A gateway-owned upload is completed by the tier (no bytes copied, the bucket not needed).

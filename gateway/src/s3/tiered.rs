@@ -22,9 +22,10 @@ pub fn timestamp_ms(ms: u64) -> Timestamp {
         .unwrap_or_else(|_| Timestamp::from(time::OffsetDateTime::UNIX_EPOCH))
 }
 
-/// Whether a PutObject or CreateMultipartUpload input (same field names) can be written back
-/// by the tier: options that change how the bucket stores the object (customer keys, KMS,
-/// object lock, ACL grants) go straight to the bucket instead.
+/// Whether a PutObject, CreateMultipartUpload or CopyObject input (same field names) can be
+/// written back by the tier: options that change how the bucket stores the object (customer
+/// keys, KMS, object lock, ACLs other than the default `private`, grants) go straight to the
+/// bucket instead.
 macro_rules! storage_options_supported {
     ($input:expr) => {{
         let input = $input;
@@ -39,7 +40,11 @@ macro_rules! storage_options_supported {
             && input.object_lock_mode.is_none()
             && input.object_lock_retain_until_date.is_none()
             && input.object_lock_legal_hold_status.is_none()
-            && input.acl.is_none()
+            // `private` is what an object gets without an ACL (rclone sends it by default).
+            && input
+                .acl
+                .as_ref()
+                .is_none_or(|a| a.as_str() == ObjectCannedACL::PRIVATE)
             && input.grant_full_control.is_none()
             && input.grant_read.is_none()
             && input.grant_read_acp.is_none()

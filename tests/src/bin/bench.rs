@@ -334,6 +334,28 @@ fn recovery_bench(held_mib: usize, parallelism: &[usize]) {
     }
 }
 
+/// A gateway on its embedded store, which also listens on a port of its own (returned) for
+/// direct reads.
+fn embedded_gateway(name: &str, config: Option<String>) -> (GatewayProc, u16) {
+    let backend_port = free_port();
+    let gw = GatewayProc::start_with(
+        name,
+        &Backend::Embedded,
+        GatewayOptions {
+            env: vec![
+                (
+                    "GATEWAY_EMBEDDED_LISTEN".into(),
+                    format!("127.0.0.1:{backend_port}"),
+                ),
+                ("RUST_LOG".into(), "warn".into()),
+            ],
+            config,
+            ..Default::default()
+        },
+    );
+    (gw, backend_port)
+}
+
 /// One whole-client measurement: the same command against the store and the gateway.
 struct ClientRow {
     what: String,
@@ -364,23 +386,11 @@ fn timed(mut cmd: Command, what: &str) -> Duration {
 /// `aws s3 cp` and `s5cmd cp` of one `size`-byte object, up and down, direct vs the gateway.
 fn clients_bench(venv: &std::path::Path, size: usize, out: &std::path::Path) -> Vec<ClientRow> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let backend_port = free_port();
-    let gw = GatewayProc::start_with(
+    let (gw, backend_port) = embedded_gateway(
         "bench_clients",
-        &Backend::Embedded,
-        GatewayOptions {
-            env: vec![
-                (
-                    "GATEWAY_EMBEDDED_LISTEN".into(),
-                    format!("127.0.0.1:{backend_port}"),
-                ),
-                ("RUST_LOG".into(), "warn".into()),
-            ],
-            config: Some(
-                "[tier]\njournal_capacity = \"8GiB\"\n\n[embedded]\nfirst_byte_latency = \"20ms\"\nbandwidth_per_connection = \"40MB\"\n".into(),
-            ),
-            ..Default::default()
-        },
+        Some(
+            "[tier]\njournal_capacity = \"8GiB\"\n\n[embedded]\nfirst_byte_latency = \"20ms\"\nbandwidth_per_connection = \"40MB\"\n".into(),
+        ),
     );
     let direct_url = format!("http://127.0.0.1:{backend_port}");
     let work = tempfile::tempdir().expect("tempdir");
@@ -528,21 +538,7 @@ fn main() {
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let redis = start_redis();
-    let backend_port = free_port();
-    let gw = GatewayProc::start_with(
-        "bench",
-        &Backend::Embedded,
-        GatewayOptions {
-            env: vec![
-                (
-                    "GATEWAY_EMBEDDED_LISTEN".into(),
-                    format!("127.0.0.1:{backend_port}"),
-                ),
-                ("RUST_LOG".into(), "warn".into()),
-            ],
-            ..Default::default()
-        },
-    );
+    let (gw, backend_port) = embedded_gateway("bench", None);
     let c = gw.client();
     let direct = s3_client(
         &format!("http://127.0.0.1:{backend_port}"),
