@@ -840,6 +840,39 @@ async fn listings_show_acknowledged_writes_the_bucket_does_not_have() {
         assert!(marker.is_some(), "a truncated page names its next marker");
     }
     assert_eq!(v1, ["keep/a", "new/n", "top", "top2"]);
+    // The aws CLI lists the same.
+    if let Some(venv) = tool_or_skip(integration_tests::venv(), "the aws CLI (E2E_VENV)") {
+        let out = std::process::Command::new(venv.join("bin/aws"))
+            .arg("--endpoint-url")
+            .arg(&gw.endpoint)
+            .args(["s3", "ls", "--recursive", &format!("s3://{bucket}/")])
+            .env("AWS_ACCESS_KEY_ID", integration_tests::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", integration_tests::SECRET_KEY)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .expect("aws");
+        let ls = String::from_utf8_lossy(&out.stdout);
+        let listed: Vec<(&str, &str)> = ls
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((*f.get(2)?, *f.get(3)?))
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("200000", "keep/a"),
+                ("300000", "new/n"),
+                ("100000", "top"),
+                ("120000", "top2")
+            ],
+            "aws s3 ls: {ls}"
+        );
+    }
 
     let direct = list_all(&admin, &bucket, 1000, None).await;
     let direct: Vec<(String, i64)> = direct.0.into_iter().map(|(k, s, _)| (k, s)).collect();
