@@ -125,11 +125,123 @@ pub const DECODE_GRACE: Duration = Duration::from_millis(3);
 
 /// Outcome of reading a piece.
 pub(crate) struct PieceRead {
-    /// The piece's bytes, as consecutive parts (the data chunks themselves when no decoding
-    /// was needed: no copy), `piece_len` bytes in all.
+    /// The piece's bytes from `offset` on, as consecutive parts (the data chunks themselves
+    /// when no decoding was needed: no copy): the whole piece, or (see [`get_span`]) the data
+    /// chunks holding a span of it.
     pub parts: Vec<Bytes>,
+    /// Where in the piece `parts` start.
+    pub offset: usize,
     /// Whether parity was needed.
     pub decoded: bool,
+}
+
+/// How long a span read ([`get_span`]) waits for the data chunks it asked for before it also
+/// reads the whole piece first-d, taking whichever comes first.
+pub const SPAN_HEDGE: Duration = Duration::from_millis(30);
+
+/// Reads bytes `lo..hi` of piece `piece_index` (`piece_len` bytes) of `object`: from only the
+/// data chunks that hold them, when each of those answers in time — a range covering part of
+/// a piece then costs the chunks it touches, not `d`. If one of them fails, or they have not
+/// all arrived within [`SPAN_HEDGE`], the whole piece is read first-d ([`get_piece`]) as well,
+/// and whichever is complete first is used.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn get_span(
+    store: &Arc<dyn ChunkStore>,
+    codec: Codec,
+    object: u128,
+    piece_index: usize,
+    piece_len: usize,
+    functions: &[FunctionId],
+    timeout: Duration,
+    span: std::ops::Range<usize>,
+) -> Result<PieceRead, TierError> {
+    let chunk_len = codec.chunk_len(piece_len);
+    let first = span.start / chunk_len;
+    let last = span.end.saturating_sub(1) / chunk_len;
+    if span.is_empty() || last >= codec.data() || last + 1 - first >= codec.data() {
+        return get_piece(
+            store,
+            codec,
+            object,
+            piece_index,
+            piece_len,
+            functions,
+            timeout,
+        )
+        .await;
+    }
+    let needed = async {
+        let gets = (first..=last).map(|i| {
+            let store = store.clone();
+            let f = functions[i];
+            let name = ChunkName::of(object, piece_index, i);
+            async move {
+                match tokio::time::timeout(timeout, store.get(f, name, 0, None)).await {
+                    Ok(Ok(b)) if b.len() == chunk_len => Ok(b),
+                    Ok(Ok(b)) => Err(ChunkError::Unavailable(
+                        f,
+                        format!("chunk of {} bytes, expected {chunk_len}", b.len()),
+                    )),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(ChunkError::Unavailable(
+                        f,
+                        format!("no answer within {timeout:?}"),
+                    )),
+                }
+            }
+        });
+        let chunks = futures::future::try_join_all(gets).await?;
+        // The last data chunk is padded past the piece's end.
+        let mut left = piece_len - first * chunk_len;
+        let parts = chunks
+            .into_iter()
+            .map(|b| {
+                let n = left.min(b.len());
+                left -= n;
+                b.slice(..n)
+            })
+            .collect();
+        Ok::<_, ChunkError>(PieceRead {
+            parts,
+            offset: first * chunk_len,
+            decoded: false,
+        })
+    };
+    tokio::pin!(needed);
+    let hedge = tokio::time::sleep(SPAN_HEDGE);
+    tokio::pin!(hedge);
+    let mut needed_failed = false;
+    tokio::select! {
+        r = &mut needed => match r {
+            Ok(read) => return Ok(read),
+            Err(e) => {
+                tracing::debug!(error = %e, "span read: a data chunk failed; reading the piece");
+                needed_failed = true;
+            }
+        },
+        () = &mut hedge => {}
+    }
+    let full = get_piece(
+        store,
+        codec,
+        object,
+        piece_index,
+        piece_len,
+        functions,
+        timeout,
+    );
+    if needed_failed {
+        return full.await;
+    }
+    tokio::pin!(full);
+    tokio::select! {
+        biased;
+        r = &mut full => r,
+        r = &mut needed => match r {
+            Ok(read) => Ok(read),
+            Err(_) => full.await,
+        },
+    }
 }
 
 /// Reads piece `piece_index` (`piece_len` bytes) of `object`: asks all `d + p` functions at
@@ -214,6 +326,7 @@ pub(crate) async fn get_piece(
             .collect();
         return Ok(PieceRead {
             parts,
+            offset: 0,
             decoded: false,
         });
     }
@@ -225,6 +338,7 @@ pub(crate) async fn get_piece(
     match decoded {
         Ok(data) => Ok(PieceRead {
             parts: vec![data],
+            offset: 0,
             decoded: true,
         }),
         Err(source) => Err(TierError::Decode { source, failures }),
@@ -299,6 +413,65 @@ mod tests {
             "did not wait for the late chunk"
         );
         assert_eq!(joined(&r), piece);
+    }
+
+    /// The bytes of a span read, from where they start in the piece.
+    fn span_of(r: &PieceRead, span: std::ops::Range<usize>) -> Vec<u8> {
+        let all = joined(r);
+        all[span.start - r.offset..span.end - r.offset].to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_span_reads_only_the_data_chunks_holding_it_and_falls_back_to_first_d() {
+        // 4 data chunks of 1,000 bytes (chunk_len(4000) = 1000) + 2 parity.
+        let piece: Vec<u8> = (0..4000u32).map(|i| (i % 253) as u8).collect();
+        let (mem, store, codec) = stored(&piece).await;
+        let fs = [0, 1, 2, 3, 4, 5];
+        let (_, gets_before, _) = mem.ops();
+        let r = get_span(&store, codec, 7, 0, piece.len(), &fs, SECOND, 1500..2500)
+            .await
+            .unwrap();
+        assert_eq!(mem.ops().1 - gets_before, 2, "chunks 1 and 2 only");
+        assert_eq!((r.offset, r.decoded), (1000, false));
+        assert_eq!(span_of(&r, 1500..2500), piece[1500..2500]);
+        // The function holding chunk 1 is gone: the piece is read first-d and decoded.
+        mem.lose(1);
+        let r = get_span(&store, codec, 7, 0, piece.len(), &fs, SECOND, 1500..2500)
+            .await
+            .unwrap();
+        assert!(r.decoded);
+        assert_eq!(span_of(&r, 1500..2500), piece[1500..2500]);
+        mem.revive(1);
+        // A late data chunk: after the hedge the whole piece is read too, and the first
+        // complete answer is used (decoded from parity, not waiting the second out).
+        let (mem, store, codec) = stored(&piece).await;
+        mem.delay(2, Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        let r = get_span(
+            &store,
+            codec,
+            7,
+            0,
+            piece.len(),
+            &fs,
+            2 * SECOND,
+            1500..2500,
+        )
+        .await
+        .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "did not wait it out"
+        );
+        assert_eq!(span_of(&r, 1500..2500), piece[1500..2500]);
+        // The end of a shorter last piece: the padding of its last chunk is not returned.
+        let short: Vec<u8> = (0..3001u32).map(|i| (i % 241) as u8).collect();
+        let (_, store, codec) = stored(&short).await;
+        let r = get_span(&store, codec, 7, 0, short.len(), &fs, SECOND, 2900..3001)
+            .await
+            .unwrap();
+        assert_eq!(joined(&r).len() + r.offset, short.len());
+        assert_eq!(span_of(&r, 2900..3001), short[2900..3001]);
     }
 
     #[tokio::test]

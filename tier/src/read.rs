@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::Tier;
 use super::body::{self, BodySender, Fill, TierBody};
-use super::chunks::{get_piece, put_piece};
+use super::chunks::{get_piece, get_span, put_piece};
 use super::error::{BackendError, TierError};
 use super::index::{CachedObject, Layout};
 use super::meta::ObjectMeta;
@@ -111,17 +111,20 @@ impl Tier {
             let codec = layout.codec;
             let id = obj.id;
             let timeout = self.cfg.chunk_timeout;
+            // The part of the piece the range wants: a piece the range covers in part is read
+            // from the data chunks that hold that part.
+            let (lo, hi) = (range.start.max(off) - off, range.end.min(off + len) - off);
             async move {
-                let r = get_piece(
-                    &store,
-                    codec,
-                    id,
+                let (index, piece_len) = (
                     usize::try_from(i).unwrap_or(usize::MAX),
                     usize::try_from(len).unwrap_or(usize::MAX),
-                    &fs,
-                    timeout,
-                )
-                .await;
+                );
+                let r = if lo == 0 && hi == len {
+                    get_piece(&store, codec, id, index, piece_len, &fs, timeout).await
+                } else {
+                    let span = usize::try_from(lo).unwrap_or(0)..usize::try_from(hi).unwrap_or(0);
+                    get_span(&store, codec, id, index, piece_len, &fs, timeout, span).await
+                };
                 (i, off, len, r)
             }
         };
@@ -137,14 +140,14 @@ impl Tier {
                 fetches.push_back(fetch(next));
                 next += 1;
             }
-            let (parts, from_memory) = match r {
+            let (parts, start, from_memory) = match r {
                 Ok(p) => {
                     if p.decoded {
                         self.metrics.decodes.inc();
                     } else {
                         self.metrics.direct_pieces.inc();
                     }
-                    (p.parts, true)
+                    (p.parts, p.offset as u64, true)
                 }
                 Err(e) => {
                     tracing::warn!(bucket, key, piece = i, error = %e, "piece unreadable from memory; reading it from the journal or the bucket");
@@ -158,12 +161,12 @@ impl Tier {
                                 piece: i,
                                 cause: Box::new(cause),
                             })?;
-                    (vec![span], false)
+                    (vec![span], 0, false)
                 }
             };
             // Send the requested part of the piece, part by part (no copy).
             let (lo, hi) = (range.start.max(off) - off, range.end.min(off + len) - off);
-            let mut pos = 0u64;
+            let mut pos = start;
             for part in parts {
                 let (p0, p1) = (pos, pos + part.len() as u64);
                 pos = p1;
