@@ -363,8 +363,10 @@ struct ClientRow {
     gateway: f64,
 }
 
-/// Runs a client command with the credentials of its endpoint; its wall time.
+/// Runs a client command with the credentials of its endpoint; its wall time. The page cache
+/// is flushed first, so one run's file writes do not slow the next.
 fn timed(mut cmd: Command, what: &str) -> Duration {
+    let _ = Command::new("sync").status();
     let start = Instant::now();
     let out = cmd
         .env("NO_PROXY", "127.0.0.1,localhost")
@@ -471,11 +473,23 @@ fn clients_bench(venv: &std::path::Path, size: usize, out: &std::path::Path) -> 
     while gw.metric("gateway_tier_admitted_total") < 2.0 {
         std::thread::sleep(Duration::from_millis(200));
     }
+    let from_memory = |before: f64| {
+        let got = gw.metric("gateway_tier_bytes_from_tier_total") - before;
+        if got < size as f64 {
+            eprintln!(
+                "warning: only {got} of {size} bytes of the download came from function memory"
+            );
+        }
+    };
     let down_direct = timed(aws(true, &["s3://clients/aws", &dst_s]), "aws cp down");
+    let before = gw.metric("gateway_tier_bytes_from_tier_total");
     let down_gw = timed(aws(false, &["s3://clients/aws", &dst_s]), "aws cp down");
+    from_memory(before);
     row("aws s3 cp download", down_direct, down_gw);
     let down_direct = timed(s5(true, &["s3://clients/s5", &dst_s]), "s5cmd down");
+    let before = gw.metric("gateway_tier_bytes_from_tier_total");
     let down_gw = timed(s5(false, &["s3://clients/s5", &dst_s]), "s5cmd down");
+    from_memory(before);
     row("s5cmd cp download", down_direct, down_gw);
     let json: Vec<serde_json::Value> = rows
         .iter()
