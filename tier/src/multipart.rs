@@ -365,12 +365,7 @@ impl Tier {
                 why,
                 "cannot move a multipart upload the journal cannot hold to the bucket"
             );
-            self.metrics.slowdowns.inc();
-            TierError::JournalFull {
-                used: self.journal.used(),
-                capacity: self.cfg.journal_capacity.as_u64(),
-                waited: Duration::ZERO,
-            }
+            self.no_room_for_part()
         };
         let to = self
             .persister
@@ -416,6 +411,17 @@ impl Tier {
         self.metrics.multipart_forwarded.inc();
         tracing::info!(bucket, key, id, bucket_upload = %to, "multipart upload moved to the bucket: the journal cannot hold its next part");
         Ok(PartRoute::Bucket(to))
+    }
+
+    /// A part that neither the journal nor the bucket took: 503 SlowDown (counted), the
+    /// client retries it.
+    fn no_room_for_part(&self) -> TierError {
+        self.metrics.slowdowns.inc();
+        TierError::JournalFull {
+            used: self.journal.used(),
+            capacity: self.cfg.journal_capacity.as_u64(),
+            waited: Duration::ZERO,
+        }
     }
 
     /// The bucket's upload id of upload `id`, when it was moved to the bucket.
@@ -568,12 +574,7 @@ impl Tier {
                 remove_all(&self.journal, vec![part.seq]).await;
                 if let Err(e) = sent {
                     tracing::warn!(bucket, key, id, error = %e, "a part for an upload moved to the bucket did not reach it");
-                    self.metrics.slowdowns.inc();
-                    return Err(TierError::JournalFull {
-                        used: self.journal.used(),
-                        capacity: self.cfg.journal_capacity.as_u64(),
-                        waited: Duration::ZERO,
-                    });
+                    return Err(self.no_room_for_part());
                 }
             }
             Err((part, None)) => {

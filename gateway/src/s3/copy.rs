@@ -21,7 +21,7 @@ pub(super) async fn copy_object(
 ) -> S3Result<S3Response<CopyObjectOutput>> {
     if let Some(tier) = &gw.tier
         && let Some(src) = dirty_source(tier, &req.input.copy_source)
-        && tier.writes_back(src.size())
+        && tier.writes_back(src.obj.size())
         && copy_supported(&req.input)
         && matches!(
             gw.keys.check(&req.input.bucket, &req.input.key).await,
@@ -41,17 +41,21 @@ pub(super) async fn copy_object(
     .await
 }
 
-/// The source object when the tier holds its current version with writes the bucket may not
-/// have yet (its metadata, tags included, is then the tier's to give).
-fn dirty_source(tier: &Tier, source: &CopySource) -> Option<std::sync::Arc<CachedObject>> {
-    held_source(tier, source).filter(|o| o.is_journaled())
+/// A copy source the tier holds: its bucket, key and current version.
+pub(super) struct HeldSource<'a> {
+    bucket: &'a str,
+    key: &'a str,
+    pub(super) obj: std::sync::Arc<CachedObject>,
 }
 
-/// The source object when the tier holds its current version.
-pub(super) fn held_source(
-    tier: &Tier,
-    source: &CopySource,
-) -> Option<std::sync::Arc<CachedObject>> {
+/// The source when the tier holds its current version with writes the bucket may not have
+/// yet (its metadata, tags included, is then the tier's to give).
+fn dirty_source<'a>(tier: &Tier, source: &'a CopySource) -> Option<HeldSource<'a>> {
+    held_source(tier, source).filter(|s| s.obj.is_journaled())
+}
+
+/// The source when the tier holds its current version.
+pub(super) fn held_source<'a>(tier: &Tier, source: &'a CopySource) -> Option<HeldSource<'a>> {
     let CopySource::Bucket {
         bucket,
         key,
@@ -61,7 +65,7 @@ pub(super) fn held_source(
         return None;
     };
     match tier.lookup(bucket, key)? {
-        KeyState::Object(o) => Some(o),
+        KeyState::Object(obj) => Some(HeldSource { bucket, key, obj }),
         KeyState::Deleted { .. } => None,
     }
 }
@@ -92,19 +96,13 @@ pub(super) fn check_source(cond: &Conditions, obj: &CachedObject) -> S3Result<()
     }
 }
 
-/// A byte range of a held source's body (a bucket source: see [`held_source`]), as a stream
-/// the tier's writes take.
+/// A byte range of a held source's body, as a stream the tier's writes take.
 pub(super) fn source_body(
     tier: &std::sync::Arc<Tier>,
-    source: &CopySource,
-    obj: std::sync::Arc<CachedObject>,
+    src: HeldSource<'_>,
     range: Range,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, tier::BoxError>> + Unpin + Send + use<> {
-    let (bucket, key) = match source {
-        CopySource::Bucket { bucket, key, .. } => (bucket.as_ref(), key.as_ref()),
-        _ => ("", ""),
-    };
-    tier.read(bucket, key, obj, range)
+    tier.read(src.bucket, src.key, src.obj, range)
         .map(|r| r.map_err(|e| Box::new(e) as tier::BoxError))
 }
 
@@ -143,9 +141,9 @@ pub(super) fn source_range(range: Option<&str>, size: u64) -> S3Result<Range> {
 async fn copy_from_tier(
     tier: &std::sync::Arc<Tier>,
     input: &CopyObjectInput,
-    src: std::sync::Arc<CachedObject>,
+    src: HeldSource<'_>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {
-    check_source(&copy_source_conditions_of!(input), &src)?;
+    check_source(&copy_source_conditions_of!(input), &src.obj)?;
     let replace_meta = input
         .metadata_directive
         .as_ref()
@@ -169,7 +167,7 @@ async fn copy_from_tier(
         ));
     }
     tiered::check_limits(input.metadata.as_ref(), input.tagging.as_ref())?;
-    let source_meta = src.meta().clone();
+    let source_meta = src.obj.meta().clone();
     let mut meta = if replace_meta {
         tiered::meta_from_copy(input)
     } else {
@@ -187,10 +185,9 @@ async fn copy_from_tier(
     if let Some(class) = &input.storage_class {
         meta.storage_class = Some(class.as_str().to_owned());
     }
-    let size = src.size();
+    let size = src.obj.size();
     let body = source_body(
         tier,
-        &input.copy_source,
         src,
         Range {
             start: 0,

@@ -15,7 +15,7 @@ use s3s::{S3, S3Request, S3Response, S3Result};
 
 use super::check::BodyCheck;
 use super::list::{ListEncoding, encode_opt};
-use super::put::{body_length, strip_aws_chunked};
+use super::put::{body_length, bucket_takes, strip_aws_chunked};
 use super::{S3Handler, proxied, tiered};
 use crate::error::tier_error;
 use tier::{CompletedPartRef, PartRoute, Tier};
@@ -42,12 +42,14 @@ pub(super) async fn create_multipart_upload(
         && tiered::upload_supported(&req.input)
     {
         let input = &req.input;
-        tiered::check_limits(input.metadata.as_ref(), input.tagging.as_ref())?;
-        let holds = match gw.keys.check(&input.bucket, &input.key).await {
-            crate::backend::KeyFit::Holds => true,
-            crate::backend::KeyFit::Unsure => false,
-            crate::backend::KeyFit::Refused(e) => return Err(e),
-        };
+        let holds = bucket_takes(
+            gw,
+            &input.bucket,
+            &input.key,
+            input.metadata.as_ref(),
+            input.tagging.as_ref(),
+        )
+        .await?;
         if holds
             && let Some(id) = tier
                 .create_upload(&input.bucket, &input.key, tiered::meta_from_create(input))
@@ -170,12 +172,15 @@ pub(super) async fn upload_part_copy(
 async fn copy_held_part(
     tier: &std::sync::Arc<Tier>,
     input: &UploadPartCopyInput,
-    src: std::sync::Arc<tier::CachedObject>,
+    src: super::copy::HeldSource<'_>,
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-    super::copy::check_source(&super::conditions::copy_source_conditions_of!(input), &src)?;
+    super::copy::check_source(
+        &super::conditions::copy_source_conditions_of!(input),
+        &src.obj,
+    )?;
     let number = part_number(input.part_number)?;
-    let range = super::copy::source_range(input.copy_source_range.as_deref(), src.size())?;
-    let body = super::copy::source_body(tier, &input.copy_source, src, range);
+    let range = super::copy::source_range(input.copy_source_range.as_deref(), src.obj.size())?;
+    let body = super::copy::source_body(tier, src, range);
     copied_part(tier, input, number, range.len(), body).await
 }
 

@@ -23,7 +23,14 @@ pub(super) async fn put_object(
     if let (Some(tier), Some(len)) = (&gw.tier, len)
         && tier.writes_back(len)
         && tiered::write_back_supported(&req.input)
-        && bucket_takes(gw, &req.input).await?
+        && bucket_takes(
+            gw,
+            &req.input.bucket,
+            &req.input.key,
+            req.input.metadata.as_ref(),
+            req.input.tagging.as_ref(),
+        )
+        .await?
     {
         let check = BodyCheck::for_put(&req.input, &req.headers, req.trailing_headers.clone());
         let meta = tiered::meta_from_put(&req.input, req.input.content_encoding.clone());
@@ -76,13 +83,19 @@ pub(super) async fn put_object(
     .await
 }
 
-/// Whether the bucket will take this PUT, decided before a write-back acknowledges it: what
-/// the bucket is known to refuse (S3's limits on metadata and tags, keys the backing store
-/// cannot hold) is refused now with the bucket's error; a key not every store takes is passed
-/// through (`false`), so the bucket answers for it.
-async fn bucket_takes(gw: &S3Handler, input: &PutObjectInput) -> S3Result<bool> {
-    tiered::check_limits(input.metadata.as_ref(), input.tagging.as_ref())?;
-    match gw.keys.check(&input.bucket, &input.key).await {
+/// Whether the bucket will take this write (a PUT, or a multipart upload's object), decided
+/// before a write-back acknowledges it: what the bucket is known to refuse (S3's limits on
+/// metadata and tags, keys the backing store cannot hold) is refused now with the bucket's
+/// error; a key not every store takes is passed through (`false`), so the bucket answers for it.
+pub(super) async fn bucket_takes(
+    gw: &S3Handler,
+    bucket: &str,
+    key: &str,
+    metadata: Option<&Metadata>,
+    tagging: Option<&TaggingHeader>,
+) -> S3Result<bool> {
+    tiered::check_limits(metadata, tagging)?;
+    match gw.keys.check(bucket, key).await {
         crate::backend::KeyFit::Holds => Ok(true),
         crate::backend::KeyFit::Unsure => Ok(false),
         crate::backend::KeyFit::Refused(e) => Err(e),
